@@ -1,0 +1,1 @@
+"""Checkpoint -> ONNX graphs and manifest; ONNX -> TensorRT engine."""

@@ -1,0 +1,114 @@
+"""Checks and normalisation of PrRoIPool arguments, shared by every backend's Python entry."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_input(input: Tensor) -> None:
+    """Raise if `input` is not a floating (N, C, H, W) tensor."""
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if input.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    if input.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"input must be a floating tensor, got dtype {input.dtype}")
+
+
+def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:
+    """Return `output_size` as (pooled_height, pooled_width), each a positive int."""
+    if isinstance(output_size, numbers.Integral) and not isinstance(output_size, bool):
+        pair = (int(output_size), int(output_size))
+    elif (
+        isinstance(output_size, Sequence)
+        and len(output_size) == 2
+        and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in output_size)
+    ):
+        pair = (int(output_size[0]), int(output_size[1]))
+    else:
+        raise TypeError(f"output_size must be an int or a pair of ints, got {output_size!r}")
+    if min(pair) <= 0:
+        raise ValueError(f"output_size must be positive, got {output_size!r}")
+    return pair
+
+
+def check_spatial_scale(spatial_scale: float) -> float:
+    """Return `spatial_scale` as a float after checking it is finite and positive."""
+    if isinstance(spatial_scale, bool) or not isinstance(spatial_scale, numbers.Real):
+        raise TypeError(f"spatial_scale must be a real number, got {spatial_scale!r}")
+    value = float(spatial_scale)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"spatial_scale must be finite and positive, got {spatial_scale!r}")
+    return value
+
+
+def rois_tensor(rois: Tensor | Sequence[Tensor], input: Tensor) -> Tensor:
+    """Return `rois` as a checked (K, 5) tensor `[batch_index, x0, y0, x1, y1]`.
+
+    `rois` is either that tensor or a list of per-image (Ki, 4) box tensors.
+    """
+    if isinstance(rois, Tensor):
+        if rois.dim() != 2 or rois.shape[1] != 5:
+            raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
+        table = rois
+    elif isinstance(rois, (list, tuple)):
+        table = _rois_from_list(rois, input)
+    else:
+        raise TypeError(
+            f"rois must be a (K, 5) tensor or a list of (Ki, 4) tensors, got {type(rois).__name__}"
+        )
+    if table.dtype != input.dtype:
+        raise TypeError(f"rois dtype {table.dtype} does not match input dtype {input.dtype}")
+    if table.device != input.device:
+        raise ValueError(f"rois device {table.device} does not match input device {input.device}")
+    if table.shape[0]:
+        _check_values(table.detach(), input.shape[0])
+    return table
+
+
+def _rois_from_list(boxes: Sequence[Tensor], input: Tensor) -> Tensor:
+    if len(boxes) != input.shape[0]:
+        raise ValueError(
+            f"rois is a list of {len(boxes)} box tensors but input holds {input.shape[0]} images"
+        )
+    parts = []
+    for index, image_boxes in enumerate(boxes):
+        if not isinstance(image_boxes, Tensor):
+            raise TypeError(
+                f"rois[{index}] must be a torch.Tensor, got {type(image_boxes).__name__}"
+            )
+        if image_boxes.dim() != 2 or image_boxes.shape[1] != 4:
+            raise ValueError(
+                f"rois[{index}] must have shape (Ki, 4), got {tuple(image_boxes.shape)}"
+            )
+        if image_boxes.dtype != input.dtype or image_boxes.device != input.device:
+            raise TypeError(
+                f"rois[{index}] is {image_boxes.dtype} on {image_boxes.device}, "
+                f"input is {input.dtype} on {input.device}"
+            )
+        column = image_boxes.new_full((image_boxes.shape[0], 1), float(index))
+        parts.append(torch.cat([column, image_boxes], dim=1))
+    if not parts:
+        return input.new_zeros((0, 5))
+    return torch.cat(parts, dim=0)
+
+
+def _check_values(table: Tensor, num_images: int) -> None:
+    if not bool(torch.isfinite(table).all()):
+        raise ValueError("rois contains NaN or Inf")
+    index = table[:, 0]
+    if not bool((index == index.round()).all()):
+        raise ValueError("rois batch_index (column 0) must hold whole numbers")
+    low, high = float(index.min()), float(index.max())
+    if low < 0 or high >= num_images:
+        raise ValueError(
+            f"rois batch_index must lie in [0, {num_images - 1}] (input has {num_images} images), "
+            f"got values in [{low:g}, {high:g}]"
+        )

@@ -1,0 +1,1 @@
+"""Inference backends, IoU-guided NMS, box refinement, pipeline and benchmark."""

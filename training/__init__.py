@@ -1,0 +1,1 @@
+"""IoU-Net model, datasets, box jitter sampler, training loop and checkpoints."""
