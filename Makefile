@@ -3,20 +3,38 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+BUILD := build
+# GPU architectures of the CUDA kernels (nvcc 13: 75 and newer; see README for 61/70).
+CUDA_ARCHS ?= 75;80;86;89;90
+# A TensorRT folder (include/, lib/) builds the TensorRT plugins too.
+TENSORRT_ROOT ?=
+JOBS ?= 2
 
-.PHONY: test lint bench clean
+CMAKE := $(shell command -v cmake 2>/dev/null)
+ifeq ($(CMAKE),)
+CMAKE := $(VENV)/bin/cmake
+endif
 
-test: $(INSTALLED)
+.PHONY: test native lint bench clean
+
+test: $(INSTALLED) native
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	cd $(BUILD) && ctest --output-on-failure
 	$(PY) -m pytest -m "not slow"
+
+# CPU kernels (+ their sanitizer build), CUDA kernels when nvcc is found, TensorRT plugins when
+# TENSORRT_ROOT is given.
+native: $(CMAKE)
+	$(CMAKE) -S . -B $(BUILD) -DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)" -DTENSORRT_ROOT="$(TENSORRT_ROOT)"
+	$(CMAKE) --build $(BUILD) -j$(JOBS)
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: $(INSTALLED)
-	$(PY) benchmarks/prroi_pool_bench.py --boxes 512 1000
+bench: $(INSTALLED) native
+	$(PY) benchmarks/prroi_pool_bench.py --boxes 100 512 1000
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -26,5 +44,8 @@ $(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --editable '.[test]'
 	touch $@
 
+$(VENV)/bin/cmake: | $(PY)
+	$(PY) -m pip install --quiet 'cmake>=3.18'
+
 clean:
-	rm -rf build
+	rm -rf $(BUILD)

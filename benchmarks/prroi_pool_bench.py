@@ -1,9 +1,12 @@
-"""Time and peak memory of PrRoIPool (PyTorch) next to torchvision's roi_align on the same inputs.
+"""Time and peak memory of PrRoIPool (PyTorch op, native CPU kernels) next to torchvision's
+roi_align(sampling_ratio=2, aligned=False) on the same inputs, in one run.
 
 Each case runs in its own process so that its peak memory is its own: on the CPU the growth of
 the peak resident set over the inputs, on CUDA torch.cuda.max_memory_allocated over the inputs.
+The native cases need the CPU library (`make native`) and run on the CPU only.
 
-    python benchmarks/prroi_pool_bench.py [--boxes 512] [--device cpu] [--repeats 5] [--json PATH]
+    python benchmarks/prroi_pool_bench.py [--boxes 100 1000] [--device cpu] [--repeats 5]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,14 +23,18 @@ from pathlib import Path
 import torch
 import torchvision
 
-from iounet.plugins import prroi_pool, prroi_pool_coord_grad
+from iounet.plugins import native, prroi_pool, prroi_pool_coord_grad
 
+# Case -> the roi_align case its time is compared with.
 CASES = {
-    "roi_align forward": "roi_align",
-    "roi_align forward+backward": "roi_align",
-    "prroi_pool forward": "prroi_pool",
-    "prroi_pool forward+backward": "prroi_pool",
-    "prroi_pool_coord_grad": "prroi_pool",
+    "roi_align forward": "roi_align forward",
+    "roi_align forward+backward": "roi_align forward+backward",
+    "prroi_pool forward": "roi_align forward",
+    "prroi_pool forward+backward": "roi_align forward+backward",
+    "prroi_pool_coord_grad": "roi_align forward",
+    "native forward": "roi_align forward",
+    "native coord_grad": "roi_align forward",
+    "native feature_grad": "roi_align forward+backward",
 }
 FEATURE_SHAPE = (1, 256, 100, 168)
 SPATIAL_SCALE = 1 / 8
@@ -57,7 +64,17 @@ def case_function(case: str, features: torch.Tensor, rois: torch.Tensor) -> Call
     def pool(f: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return prroi_pool(f, r, OUTPUT_SIZE, SPATIAL_SCALE)
 
-    op = roi_align if CASES[case] == "roi_align" else pool
+    if case == "native forward":
+        return lambda: native.prroi_pool(features, rois, OUTPUT_SIZE, SPATIAL_SCALE)
+    if case == "native coord_grad":
+        return lambda: native.prroi_pool_coord_grad(
+            features, rois, grad_output, OUTPUT_SIZE, SPATIAL_SCALE
+        )
+    if case == "native feature_grad":
+        return lambda: native.prroi_pool_feature_grad(
+            features, rois, grad_output, OUTPUT_SIZE, SPATIAL_SCALE
+        )
+    op = roi_align if case.startswith("roi_align") else pool
     if case.endswith("forward+backward"):
 
         def run() -> None:
@@ -113,7 +130,7 @@ def measure(case: str, boxes: int, device: str, repeats: int) -> dict[str, float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--boxes", type=int, nargs="+", default=[512])
+    parser.add_argument("--boxes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -133,7 +150,8 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for boxes in args.boxes:
         figures = {}
-        for case in CASES:
+        cases = [c for c in CASES if args.device == "cpu" or not c.startswith("native")]
+        for case in cases:
             command = [sys.executable, __file__, "--child", case, "--boxes", str(boxes)]
             command += ["--device", args.device, "--repeats", str(args.repeats)]
             command += ["--threads", str(args.threads)]
@@ -143,7 +161,7 @@ def main() -> None:
         print(f"\nK = {boxes}")
         print(f"{'case':<30} {'median ms':>10} {'peak MiB':>9}  time vs baseline")
         for case, figure in figures.items():
-            baseline = "roi_align forward+backward" if "backward" in case else "roi_align forward"
+            baseline = CASES[case]
             ratio = figure["median_ms"] / figures[baseline]["median_ms"]
             print(
                 f"{case:<30} {figure['median_ms']:>10.1f} {figure['peak_mib']:>9.1f}"

@@ -49,10 +49,13 @@ def check_spatial_scale(spatial_scale: float) -> float:
     return value
 
 
-def rois_tensor(rois: Tensor | Sequence[Tensor], input: Tensor) -> Tensor:
+def rois_tensor(
+    rois: Tensor | Sequence[Tensor], input: Tensor, check_values: bool = True
+) -> Tensor:
     """Return `rois` as a checked (K, 5) tensor `[batch_index, x0, y0, x1, y1]`.
 
-    `rois` is either that tensor or a list of per-image (Ki, 4) box tensors.
+    `rois` is either that tensor or a list of per-image (Ki, 4) box tensors. With
+    `check_values`, NaN/Inf values and batch indices outside [0, N) raise ValueError.
     """
     if isinstance(rois, Tensor):
         if rois.dim() != 2 or rois.shape[1] != 5:
@@ -68,7 +71,7 @@ def rois_tensor(rois: Tensor | Sequence[Tensor], input: Tensor) -> Tensor:
         raise TypeError(f"rois dtype {table.dtype} does not match input dtype {input.dtype}")
     if table.device != input.device:
         raise ValueError(f"rois device {table.device} does not match input device {input.device}")
-    if table.shape[0]:
+    if check_values and table.shape[0]:
         _check_values(table.detach(), input.shape[0])
     return table
 

@@ -8,39 +8,18 @@ import numpy as np
 import pytest
 import torch
 from conftest import DEVICES
+from prroi_cases import (
+    BOX_CASES,
+    DEGENERATE_CASES,
+    OUTPUT_SIZES,
+    TOLERANCE,
+    make_features,
+    make_rois,
+)
 from prroi_oracle import coord_grad_reference, prroi_pool_reference
 
 from iounet.plugins import PrRoIPool, prroi_pool, prroi_pool_coord_grad
 from iounet.plugins import pytorch as prroi_pool_module
-
-# Boxes on a (2, 3, 6, 7) map, rows [batch_index, x0, y0, x1, y1].
-BOX_CASES = {
-    "inside": [[0, 1.3, 0.7, 4.6, 3.9], [1, 0.2, 2.1, 2.9, 5.3]],
-    "partly_outside": [[0, -1.7, -0.6, 3.2, 2.5], [1, 4.5, 3.1, 8.9, 7.4]],
-    "wholly_outside": [[0, 9.5, 1.0, 12.0, 3.0], [1, -5.0, -4.0, -1.5, -1.2]],
-    "covers_map": [[1, -2.3, -1.9, 8.4, 7.7]],
-    "inside_one_cell": [[0, 2.2, 3.3, 2.45, 3.35]],
-    "on_grid_lines": [[0, 1.0, 1.0, 5.0, 4.0]],
-}
-DEGENERATE_CASES = {
-    "zero_width": [[0, 2.0, 1.0, 2.0, 4.0]],
-    "zero_height": [[1, 1.5, 2.5, 4.5, 2.5]],
-    "inverted": [[0, 4.0, 1.0, 2.0, 3.0], [1, 1.0, 5.0, 3.0, 2.0]],
-}
-OUTPUT_SIZES = [(2, 2), (3, 2), (1, 4)]
-TOLERANCE = {
-    torch.float64: {"rtol": 1e-10, "atol": 1e-10},
-    torch.float32: {"rtol": 1e-4, "atol": 2e-5},
-}
-
-
-def _features(dtype: torch.dtype, device: str, shape=(2, 3, 6, 7), seed: int = 0) -> torch.Tensor:
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).to(device)
-
-
-def _rois(rows, dtype: torch.dtype, device: str) -> torch.Tensor:
-    return torch.tensor(rows, dtype=torch.float64).to(dtype).to(device)
 
 
 def _assert_close(actual: torch.Tensor, expected: np.ndarray, dtype: torch.dtype) -> None:
@@ -63,8 +42,8 @@ def test_worked_example(dtype, device):
 @pytest.mark.parametrize("case", sorted({**BOX_CASES, **DEGENERATE_CASES}))
 def test_forward_matches_oracle(case, output_size, spatial_scale, dtype, device):
     rows = {**BOX_CASES, **DEGENERATE_CASES}[case]
-    features = _features(dtype, device)
-    rois = _rois(rows, dtype, device)
+    features = make_features(dtype, device)
+    rois = make_rois(rows, dtype, device)
     expected = prroi_pool_reference(
         features.cpu().double().numpy(), np.array(rows), output_size, spatial_scale
     )
@@ -76,8 +55,8 @@ def test_forward_matches_oracle(case, output_size, spatial_scale, dtype, device)
 @pytest.mark.parametrize("case", sorted(BOX_CASES))
 def test_coord_grad_matches_finite_differences(case, output_size, spatial_scale):
     rows = BOX_CASES[case]
-    features = _features(torch.float64, "cpu")
-    rois = _rois(rows, torch.float64, "cpu")
+    features = make_features(torch.float64, "cpu")
+    rois = make_rois(rows, torch.float64, "cpu")
     grad_output = torch.randn(
         (len(rows), 3, *output_size),
         generator=torch.Generator().manual_seed(1),
@@ -96,8 +75,8 @@ def test_coord_grad_matches_finite_differences(case, output_size, spatial_scale)
 @pytest.mark.parametrize("case", sorted({**BOX_CASES, **DEGENERATE_CASES}))
 def test_coord_grad_equals_autograd(case, dtype, device):
     rows = {**BOX_CASES, **DEGENERATE_CASES}[case]
-    features = _features(dtype, device)
-    rois = _rois(rows, dtype, device).requires_grad_()
+    features = make_features(dtype, device)
+    rois = make_rois(rows, dtype, device).requires_grad_()
     grad_output = torch.randn((len(rows), 3, 3, 2), dtype=dtype, device=device)
     (autograd,) = torch.autograd.grad(
         (prroi_pool(features, rois, (3, 2), 0.75) * grad_output).sum(), rois
@@ -111,8 +90,8 @@ def test_coord_grad_equals_autograd(case, dtype, device):
 @pytest.mark.parametrize("case", sorted(DEGENERATE_CASES))
 def test_zero_area_boxes_output_zero_with_zero_gradient(case):
     rows = DEGENERATE_CASES[case]
-    features = _features(torch.float64, "cpu").requires_grad_()
-    rois = _rois(rows, torch.float64, "cpu").requires_grad_()
+    features = make_features(torch.float64, "cpu").requires_grad_()
+    rois = make_rois(rows, torch.float64, "cpu").requires_grad_()
     out = prroi_pool(features, rois, 2)
     assert torch.all(out == 0)
     out.sum().backward()
@@ -127,7 +106,7 @@ def test_zero_area_boxes_output_zero_with_zero_gradient(case):
 def test_gradcheck_features_and_coordinates(case, output_size):
     rows = torch.tensor(BOX_CASES[case], dtype=torch.float64)
     batch_index, corners = rows[:, :1], rows[:, 1:].clone().requires_grad_()
-    features = _features(torch.float64, "cpu", shape=(2, 2, 5, 6)).requires_grad_()
+    features = make_features(torch.float64, "cpu", shape=(2, 2, 5, 6)).requires_grad_()
 
     def pool(features, corners):
         return prroi_pool(features, torch.cat([batch_index, corners], 1), output_size, 0.9)
@@ -137,11 +116,13 @@ def test_gradcheck_features_and_coordinates(case, output_size):
 
 def test_feature_gradient_matches_finite_differences_of_oracle():
     rows = BOX_CASES["partly_outside"]
-    features = _features(torch.float64, "cpu", shape=(2, 1, 4, 5)).requires_grad_()
+    features = make_features(torch.float64, "cpu", shape=(2, 1, 4, 5)).requires_grad_()
     grad_output = torch.randn(
         (2, 1, 2, 3), generator=torch.Generator().manual_seed(2), dtype=torch.float64
     )
-    (prroi_pool(features, _rois(rows, torch.float64, "cpu"), (2, 3)) * grad_output).sum().backward()
+    (
+        prroi_pool(features, make_rois(rows, torch.float64, "cpu"), (2, 3)) * grad_output
+    ).sum().backward()
     base = features.detach().numpy()
     expected = np.zeros_like(base)
     for index in np.ndindex(*base.shape):
@@ -156,7 +137,7 @@ def test_feature_gradient_matches_finite_differences_of_oracle():
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_boxes(device):
-    features = _features(torch.float32, device).requires_grad_()
+    features = make_features(torch.float32, device).requires_grad_()
     rois = torch.zeros((0, 5), device=device)
     out = prroi_pool(features, rois, (3, 4))
     assert out.shape == (0, 3, 3, 4)
@@ -170,7 +151,7 @@ def test_no_boxes(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_list_of_boxes_equals_table(device):
-    features = _features(torch.float64, device)
+    features = make_features(torch.float64, device)
     per_image = [
         torch.tensor(
             [[1.3, 0.7, 4.6, 3.9], [-1.0, 2.0, 3.0, 6.5]], dtype=torch.float64, device=device
@@ -192,7 +173,7 @@ def test_list_of_boxes_equals_table(device):
 
 
 def test_batch_index_selects_the_image():
-    features = _features(torch.float64, "cpu")
+    features = make_features(torch.float64, "cpu")
     box = [1.1, 0.4, 5.2, 4.8]
     second = prroi_pool(features, torch.tensor([[1.0, *box]], dtype=torch.float64), 3)
     alone = prroi_pool(features[1:], torch.tensor([[0.0, *box]], dtype=torch.float64), 3)
@@ -228,17 +209,17 @@ def test_chunks_keep_box_order(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_computes_in_float32(dtype):
-    features = _features(torch.float64, "cpu")
+    features = make_features(torch.float64, "cpu")
     rows = BOX_CASES["partly_outside"]
     expected = prroi_pool_reference(features.numpy(), np.array(rows), (2, 2))
-    out = prroi_pool(features.to(dtype), _rois(rows, dtype, "cpu"), 2)
+    out = prroi_pool(features.to(dtype), make_rois(rows, dtype, "cpu"), 2)
     assert out.dtype == dtype
     np.testing.assert_allclose(out.double().numpy(), expected, rtol=2e-2, atol=2e-2)
 
 
 def test_module_matches_functional():
-    features = _features(torch.float64, "cpu")
-    rois = _rois(BOX_CASES["inside"], torch.float64, "cpu")
+    features = make_features(torch.float64, "cpu")
+    rois = make_rois(BOX_CASES["inside"], torch.float64, "cpu")
     module = PrRoIPool((3, 2), spatial_scale=0.5)
     torch.testing.assert_close(module(features, rois), prroi_pool(features, rois, (3, 2), 0.5))
     assert "output_size=(3, 2)" in repr(module) and "spatial_scale=0.5" in repr(module)
@@ -341,7 +322,7 @@ def test_rois_on_another_device_is_rejected():
 @pytest.mark.parametrize("output_size", [1, (2, 3)])
 def test_box_far_larger_than_the_map_averages_the_whole_surface(output_size):
     # Every hat integrates to 1, so the whole surface integrates to the sum of the features.
-    features = _features(torch.float64, "cpu")
+    features = make_features(torch.float64, "cpu")
     far = 1e4
     rois = torch.tensor([[1.0, -far, -far, far, far], [0.0, 1e6, 1e6, 1e6 + 5, 1e6 + 5]])
     out = prroi_pool(features, rois.double(), output_size)

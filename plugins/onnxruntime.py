@@ -1,0 +1,187 @@
+"""ONNX Runtime sessions that run graphs with PrRoIPool / PrRoIPoolCoordGrad nodes on the CPU.
+
+The nodes (domain ``iounet``, or ``mmcv`` for mmcv's exported ``PrRoIPool``; attributes
+``pooled_height``, ``pooled_width``, ``spatial_scale``) are computed by the native CPU kernels
+through onnxruntime-extensions Python ops. Those ops live in the ``ai.onnx.contrib`` domain, so
+the graph's nodes are moved there before the session is created; the ops are registered once
+per process (registering twice crashes ONNX Runtime), and any number of sessions may use them.
+Tensors are float32.
+
+An exception cannot cross from a Python op into ONNX Runtime (the process would abort), so the
+ops have defined results instead: a roi row with a batch index outside [0, N) or a NaN/Inf value
+pools to zeros with zero gradient (as in the TensorRT plugin), and inputs of the wrong rank or
+shape give an all-NaN output and a message on the ``iounet.plugins.onnxruntime`` logger.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from iounet.plugins import native
+
+if TYPE_CHECKING:
+    import onnx
+    import onnxruntime
+
+_LOG = logging.getLogger(__name__)
+CONTRIB_DOMAIN = "ai.onnx.contrib"
+#: (domain, op_type) pairs that the session runs with the native kernels.
+CUSTOM_OPS = {
+    ("iounet", "PrRoIPool"),
+    ("iounet", "PrRoIPoolCoordGrad"),
+    ("mmcv", "PrRoIPool"),
+}
+
+
+def onnxruntime_session(
+    model: str | os.PathLike | bytes | onnx.ModelProto, **session_kwargs: Any
+) -> onnxruntime.InferenceSession:
+    """An InferenceSession for `model` (a path, serialized bytes or a ModelProto) with the ops.
+
+    `session_kwargs` go to ``onnxruntime.InferenceSession`` (``sess_options``, ``providers``...);
+    the providers default to the CPU.
+    """
+    import onnxruntime as ort
+    from onnxruntime_extensions import get_library_path
+
+    _register_ops()
+    proto = _load_model(model)
+    _move_custom_nodes(proto)
+    options = session_kwargs.pop("sess_options", None) or ort.SessionOptions()
+    options.register_custom_ops_library(get_library_path())
+    session_kwargs.setdefault("providers", ["CPUExecutionProvider"])
+    return ort.InferenceSession(proto.SerializeToString(), sess_options=options, **session_kwargs)
+
+
+def _load_model(model: str | os.PathLike | bytes | onnx.ModelProto) -> onnx.ModelProto:
+    import onnx
+
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        return proto
+    if isinstance(model, bytes):
+        source, data = "the model bytes", model
+    elif isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"ONNX model not found: {path}")
+        source, data = str(path), path.read_bytes()
+    else:
+        raise TypeError(
+            f"model must be a path, bytes or onnx.ModelProto, got {type(model).__name__}"
+        )
+    try:
+        return onnx.load_model_from_string(data)
+    except Exception as error:  # protobuf raises its own DecodeError
+        raise ValueError(f"{source} is not a valid ONNX model: {error}") from error
+
+
+def _move_custom_nodes(proto: onnx.ModelProto) -> None:
+    """Put the custom nodes (graph, subgraphs and model functions) in the contrib domain."""
+    from onnx import helper
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            if (node.domain, node.op_type) in CUSTOM_OPS:
+                node.domain = CONTRIB_DOMAIN
+            for attribute in node.attribute:
+                for subgraph in [attribute.g, *attribute.graphs]:
+                    visit(subgraph)
+
+    visit(proto.graph)
+    for function in proto.functions:
+        for node in function.node:
+            if (node.domain, node.op_type) in CUSTOM_OPS:
+                node.domain = CONTRIB_DOMAIN
+    if all(opset.domain != CONTRIB_DOMAIN for opset in proto.opset_import):
+        proto.opset_import.append(helper.make_opsetid(CONTRIB_DOMAIN, 1))
+
+
+@functools.cache
+def _register_ops() -> None:
+    from onnxruntime_extensions import PyOp, onnx_op
+
+    attrs = {
+        "pooled_height": PyOp.dt_int64,
+        "pooled_width": PyOp.dt_int64,
+        "spatial_scale": PyOp.dt_float,
+    }
+
+    @onnx_op(
+        op_type="PrRoIPool",
+        inputs=[PyOp.dt_float, PyOp.dt_float],
+        outputs=[PyOp.dt_float],
+        attrs=attrs,
+    )
+    def prroi_pool(features: np.ndarray, rois: np.ndarray, **attributes: Any) -> np.ndarray:
+        def run() -> np.ndarray:
+            pooled, scale = _attributes(attributes)
+            return native.prroi_pool(
+                _tensor(features), _tensor(rois), pooled, scale, check_values=False
+            ).numpy()
+
+        size = (_rows(rois), _channels(features), *_pooled(attributes))
+        return _defined(run, "PrRoIPool", size)
+
+    @onnx_op(
+        op_type="PrRoIPoolCoordGrad",
+        inputs=[PyOp.dt_float, PyOp.dt_float, PyOp.dt_float],
+        outputs=[PyOp.dt_float],
+        attrs=attrs,
+    )
+    def prroi_pool_coord_grad(
+        features: np.ndarray, rois: np.ndarray, grad_output: np.ndarray, **attributes: Any
+    ) -> np.ndarray:
+        def run() -> np.ndarray:
+            pooled, scale = _attributes(attributes)
+            grad = _tensor(grad_output)
+            return native.prroi_pool_coord_grad(
+                _tensor(features), _tensor(rois), grad, pooled, scale, check_values=False
+            ).numpy()
+
+        return _defined(run, "PrRoIPoolCoordGrad", (_rows(rois), 5))
+
+
+def _defined(run: Callable[[], np.ndarray], op: str, fallback: tuple[int, ...]) -> np.ndarray:
+    """run(), or an all-NaN array of shape `fallback` after logging why it failed."""
+    try:
+        return run()
+    except Exception as error:
+        _LOG.error("%s: %s; returning NaN of shape %s", op, error, fallback)
+        return np.full(fallback, np.nan, dtype=np.float32)
+
+
+def _rows(rois: np.ndarray) -> int:
+    return rois.shape[0] if rois.ndim == 2 else 0
+
+
+def _channels(features: np.ndarray) -> int:
+    return features.shape[1] if features.ndim == 4 else 0
+
+
+def _pooled(attributes: dict[str, Any]) -> tuple[int, int]:
+    return (
+        max(0, int(attributes.get("pooled_height", 0))),
+        max(0, int(attributes.get("pooled_width", 0))),
+    )
+
+
+def _attributes(attributes: dict[str, Any]) -> tuple[tuple[int, int], float]:
+    missing = {"pooled_height", "pooled_width", "spatial_scale"} - attributes.keys()
+    if missing:
+        raise ValueError(f"PrRoIPool node lacks attribute(s) {sorted(missing)}")
+    pooled = (int(attributes["pooled_height"]), int(attributes["pooled_width"]))
+    return pooled, float(attributes["spatial_scale"])
+
+
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array))
