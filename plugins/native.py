@@ -4,7 +4,8 @@ The functions take and return CPU tensors of float32 or float64 with the argumen
 :func:`iounet.plugins.prroi_pool`; the library is loaded on first use. Set IOUNET_PRROI_CPU_LIB
 to use a library other than the one in the checkout's build/lib. With ``check_values=False``
 the roi values are not checked and the kernels' defined result applies instead: a row with a
-batch index outside [0, N) or a NaN/Inf value pools to zeros and has zero gradient.
+batch index outside [0, N) or a NaN/Inf value pools to zeros and has zero gradient. `layout`
+("auto", "planar" or "channels_last") only changes how the features are read, and so the speed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from iounet.plugins.arguments import (
 )
 
 LIBRARY_NAME = "libiounet_prroi_cpu.so"
+#: How the kernels read the features; changes the speed only (see prroi_pool_cpu.h).
+LAYOUTS = {"auto": 0, "planar": 1, "channels_last": 2}
 LIBRARY_ENV = "IOUNET_PRROI_CPU_LIB"
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -44,6 +47,7 @@ class _Shape(ctypes.Structure):
         ("pooled_height", ctypes.c_int64),
         ("pooled_width", ctypes.c_int64),
         ("spatial_scale", ctypes.c_double),
+        ("layout", ctypes.c_int64),
     ]
 
 
@@ -85,9 +89,10 @@ def prroi_pool(
     *,
     num_threads: int | None = None,
     check_values: bool = True,
+    layout: str = "auto",
 ) -> Tensor:
     """PrRoIPool forward on the CPU kernels: (K, C, PH, PW), as `iounet.plugins.prroi_pool`."""
-    features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values)
+    features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values, layout)
     output = features.new_empty(
         (shape.num_rois, shape.channels, shape.pooled_height, shape.pooled_width)
     )
@@ -104,9 +109,10 @@ def prroi_pool_coord_grad(
     *,
     num_threads: int | None = None,
     check_values: bool = True,
+    layout: str = "auto",
 ) -> Tensor:
     """Gradient w.r.t. the boxes on the CPU kernels: (K, 5), column 0 zero."""
-    features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values)
+    features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values, layout)
     grad = _grad_output(grad_output, features, shape)
     grad_rois = features.new_empty((shape.num_rois, 5))
     _call("coord_grad", features.dtype, num_threads, features, table, grad, grad_rois, shape=shape)
@@ -122,9 +128,10 @@ def prroi_pool_feature_grad(
     *,
     num_threads: int | None = None,
     check_values: bool = True,
+    layout: str = "auto",
 ) -> Tensor:
     """Gradient w.r.t. the features on the CPU kernels: the shape of `input`."""
-    features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values)
+    features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values, layout)
     grad = _grad_output(grad_output, features, shape)
     grad_features = torch.empty_like(features)
     _call("feature_grad", features.dtype, num_threads, table, grad, grad_features, shape=shape)
@@ -137,6 +144,7 @@ def _prepare(
     output_size: int | tuple[int, int],
     spatial_scale: float,
     check_values: bool,
+    layout: str,
 ) -> tuple[Tensor, Tensor, _Shape]:
     check_input(input)
     if input.device.type != "cpu":
@@ -145,12 +153,16 @@ def _prepare(
         raise TypeError(
             f"input must be float32 or float64 for the native kernels, got {input.dtype}"
         )
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
     pooled_h, pooled_w = output_size_pair(output_size)
     scale = check_spatial_scale(spatial_scale)
     table = rois_tensor(rois, input, check_values).detach().contiguous()
     features = input.detach().contiguous()
     batch, channels, height, width = features.shape
-    shape = _Shape(batch, channels, height, width, table.shape[0], pooled_h, pooled_w, scale)
+    shape = _Shape(
+        batch, channels, height, width, table.shape[0], pooled_h, pooled_w, scale, LAYOUTS[layout]
+    )
     return features, table, shape
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import ort_graphs
 import pytest
@@ -19,13 +21,16 @@ from prroi_oracle import coord_grad_reference, prroi_pool_reference
 from iounet.plugins import native
 
 BACKENDS = {
-    "native": (native.prroi_pool, native.prroi_pool_coord_grad),
-    "onnxruntime": (ort_graphs.prroi_pool, ort_graphs.prroi_pool_coord_grad),
+    f"native-{layout}": (
+        functools.partial(native.prroi_pool, layout=layout),
+        functools.partial(native.prroi_pool_coord_grad, layout=layout),
+    )
+    for layout in ("planar", "channels_last")
 }
+BACKENDS["onnxruntime"] = (ort_graphs.prroi_pool, ort_graphs.prroi_pool_coord_grad)
 # ONNX Runtime graphs are float32; the native kernels take float32 and float64.
 BACKEND_DTYPES = [
-    ("native", torch.float64),
-    ("native", torch.float32),
+    *((name, dtype) for name in BACKENDS if name != "onnxruntime" for dtype in TOLERANCE),
     ("onnxruntime", torch.float32),
 ]
 ALL_CASES = {**BOX_CASES, **DEGENERATE_CASES}
@@ -117,6 +122,16 @@ def test_no_boxes(backend):
     rois = torch.zeros((0, 5))
     assert pool(features, rois, (3, 4)).shape == (0, 3, 3, 4)
     assert coord_grad(features, rois, torch.zeros((0, 3, 3, 4)), (3, 4)).shape == (0, 5)
+
+
+def test_native_layouts_agree_and_auto_picks_one():
+    features = make_features(torch.float64, "cpu", shape=(2, 8, 9, 11))
+    rows = torch.tensor(BOX_CASES["inside"] * 20 + BOX_CASES["covers_map"] * 5, dtype=torch.float64)
+    results = [native.prroi_pool(features, rows, 3, layout=layout) for layout in native.LAYOUTS]
+    for result in results[1:]:
+        torch.testing.assert_close(result, results[0], rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="layout"):
+        native.prroi_pool(features, rows, 3, layout="nhwc")
 
 
 def test_native_thread_count_does_not_change_results():

@@ -3,7 +3,10 @@
  * Layouts: features and grad_features (N, C, H, W), rois (K, 5) rows
  * [batch_index, x0, y0, x1, y1], output and grad_output (K, C, PH, PW), grad_rois (K, 5);
  * all contiguous. A roi whose rounded batch index is outside [0, N) gives zeros and no gradient.
- * num_threads <= 0 uses every hardware thread. Each call returns 0, or IOUNET_INVALID_ARGUMENT
+ * num_threads <= 0 uses every hardware thread. `layout` picks how the features are read and changes
+ * only the speed: IOUNET_LAYOUT_AUTO, or IOUNET_LAYOUT_PLANAR (per channel plane), or
+ * IOUNET_LAYOUT_CHANNELS_LAST (the features are first transposed to (N, H, W, C), which pays off
+ * when the boxes together cover the map more than about once). Each call returns 0, or IOUNET_INVALID_ARGUMENT
  * when a size is negative, a pointer needed for a non-empty tensor is null, a pooled size is not
  * positive or spatial_scale is not finite and positive (nothing is written then).
  */
@@ -19,6 +22,10 @@ extern "C" {
 #define IOUNET_OK 0
 #define IOUNET_INVALID_ARGUMENT 1
 
+#define IOUNET_LAYOUT_AUTO 0
+#define IOUNET_LAYOUT_PLANAR 1
+#define IOUNET_LAYOUT_CHANNELS_LAST 2
+
 typedef struct IounetPrRoIPoolShape
 {
     int64_t batch;
@@ -29,6 +36,7 @@ typedef struct IounetPrRoIPoolShape
     int64_t pooled_height;
     int64_t pooled_width;
     double spatial_scale;
+    int64_t layout;
 } IounetPrRoIPoolShape;
 
 /* Version of the library, e.g. "0.1.0". */

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define IOUNET_HD __host__ __device__ __forceinline__
@@ -141,36 +142,70 @@ IOUNET_HD S binIntegral(const T* plane, int height, int width, S xa, S xb, S ya,
     return total;
 }
 
-//! values[j - jBegin] = sum over i in sy of wy[i - sy.begin] * plane[i][j], for j in [jBegin, jEnd):
-//! the surface integrated (or interpolated, with hat weights) along y, column by column.
+//! The surface integrated (weights wy: bin integrals) or interpolated (hat weights) along y, for
+//! each column j in [jBegin, jEnd) and each of `channels` channels:
+//! values[(j - jBegin) * channels + c] = sum over i in sy of wy[i - sy.begin] * map[i, j, c],
+//! where map[i, j, c] = map[i * rowStride + j * colStride + c]. A planar map has channels = 1 and
+//! colStride = 1; a channels-last (H, W, C) map has colStride = C.
 template <typename S, typename T>
-IOUNET_HD void weightedRowSum(const T* plane, int width, Span sy, const S* wy, int jBegin, int jEnd, S* values)
+IOUNET_HD void weightedRowSum(const T* map, int64_t rowStride, int64_t colStride, int channels, Span sy,
+    const S* wy, int jBegin, int jEnd, S* values)
 {
-    for (int j = jBegin; j < jEnd; ++j)
+    const int columns = jEnd > jBegin ? jEnd - jBegin : 0;
+    const int64_t count = static_cast<int64_t>(columns) * channels;
+    for (int64_t t = 0; t < count; ++t)
     {
-        values[j - jBegin] = S(0);
+        values[t] = S(0);
     }
     for (int i = sy.begin; i < sy.end; ++i)
     {
         const S w = wy[i - sy.begin];
-        const T* row = plane + i * width;
-        for (int j = jBegin; j < jEnd; ++j)
+        const T* row = map + i * rowStride + jBegin * colStride;
+        if (colStride == channels)
         {
-            values[j - jBegin] += w * static_cast<S>(row[j]);
+            for (int64_t t = 0; t < count; ++t)
+            {
+                values[t] += w * static_cast<S>(row[t]);
+            }
+            continue;
+        }
+        for (int j = 0; j < columns; ++j)
+        {
+            for (int c = 0; c < channels; ++c)
+            {
+                values[j * channels + c] += w * static_cast<S>(row[j * colStride + c]);
+            }
         }
     }
 }
 
-//! sum over j in sx of wx[j - sx.begin] * values[j - offset]: the second, x, stage.
+//! The second, x, stage: out[c] = sum over j in sx of wx[j - sx.begin] * values[(j - offset) * channels + c].
 template <typename S>
-IOUNET_HD S weightedDot(Span sx, const S* wx, const S* values, int offset)
+IOUNET_HD void weightedDot(Span sx, const S* wx, const S* values, int offset, int channels, S* out)
 {
-    S total = S(0);
+    if (channels == 1)
+    {
+        S total = S(0);
+        for (int j = sx.begin; j < sx.end; ++j)
+        {
+            total += wx[j - sx.begin] * values[j - offset];
+        }
+        out[0] = total;
+        return;
+    }
+    for (int c = 0; c < channels; ++c)
+    {
+        out[c] = S(0);
+    }
     for (int j = sx.begin; j < sx.end; ++j)
     {
-        total += wx[j - sx.begin] * values[j - offset];
+        const S w = wx[j - sx.begin];
+        const S* column = values + static_cast<int64_t>(j - offset) * channels;
+        for (int c = 0; c < channels; ++c)
+        {
+            out[c] += w * column[c];
+        }
     }
-    return total;
 }
 
 //! Line integral of the surface along the vertical line x over [ya, yb].

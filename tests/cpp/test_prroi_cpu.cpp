@@ -11,6 +11,7 @@ namespace {
 
 int gPassed = 0;
 int gFailed = 0;
+int64_t gLayout = IOUNET_LAYOUT_AUTO; // every test runs once per layout
 
 void check(bool ok, const char* what)
 {
@@ -32,7 +33,7 @@ bool near(double a, double b, double tol)
 
 IounetPrRoIPoolShape shapeOf(int n, int c, int h, int w, int k, int ph, int pw, double scale)
 {
-    return IounetPrRoIPoolShape{n, c, h, w, k, ph, pw, scale};
+    return IounetPrRoIPoolShape{n, c, h, w, k, ph, pw, scale, gLayout};
 }
 
 std::vector<double> randomVector(size_t size, unsigned seed, double low, double high)
@@ -228,15 +229,45 @@ void testInvalidArguments()
 
 } // namespace
 
+void testLayoutsAgree()
+{
+    const auto f = randomVector(2 * 6 * 80, 9, -1, 1);
+    auto rois = randomVector(35, 10, -3, 12);
+    for (int k = 0; k < 7; ++k)
+    {
+        rois[5 * k] = k % 2;
+    }
+    auto s = shapeOf(2, 6, 8, 10, 7, 3, 2, 0.9);
+    s.layout = IOUNET_LAYOUT_PLANAR;
+    const auto planar = forward(f, rois, s, 3);
+    s.layout = IOUNET_LAYOUT_CHANNELS_LAST;
+    const auto channelsLast = forward(f, rois, s, 3);
+    bool same = true;
+    for (size_t i = 0; i < planar.size(); ++i)
+    {
+        same = same && near(planar[i], channelsLast[i], 1e-13);
+    }
+    check(same, "planar and channels-last layouts agree");
+    s.layout = 3;
+    std::vector<double> out(planar.size());
+    check(iounet_prroi_forward_f64(f.data(), rois.data(), out.data(), &s, 1) == IOUNET_INVALID_ARGUMENT,
+        "unknown layout rejected");
+}
+
 int main()
 {
-    testWorkedExample();
-    testWholeSurface();
-    testDegenerateBoxesGiveZeros();
-    testCoordGradMatchesFiniteDifferences();
-    testFeatureGradMatchesUnitSteps();
-    testThreadCountDoesNotChangeResults();
-    testInvalidArguments();
+    for (int64_t layout : {IOUNET_LAYOUT_AUTO, IOUNET_LAYOUT_PLANAR, IOUNET_LAYOUT_CHANNELS_LAST})
+    {
+        gLayout = layout;
+        testWorkedExample();
+        testWholeSurface();
+        testDegenerateBoxesGiveZeros();
+        testCoordGradMatchesFiniteDifferences();
+        testFeatureGradMatchesUnitSteps();
+        testThreadCountDoesNotChangeResults();
+        testInvalidArguments();
+    }
+    testLayoutsAgree();
     std::printf("%d passed, %d failed\n", gPassed, gFailed);
     return gFailed == 0 ? 0 : 1;
 }
