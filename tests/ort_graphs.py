@@ -13,20 +13,26 @@ from iounet.plugins import onnxruntime_session
 
 
 def one_node_model(
-    op_type: str, pooled: tuple[int, int], spatial_scale: float, domain: str = "iounet"
+    op_type: str,
+    pooled: tuple[int, int],
+    spatial_scale: float,
+    domain: str = "iounet",
+    features_type: int = TensorProto.FLOAT,
+    rois_type: int = TensorProto.FLOAT,
+    channels: int | str = "C",
 ) -> onnx.ModelProto:
     """A model whose single node is `domain::op_type` with dynamic N, K, H and W."""
     inputs = [
-        helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", "C", "H", "W"]),
-        helper.make_tensor_value_info("rois", TensorProto.FLOAT, ["K", 5]),
+        helper.make_tensor_value_info("features", features_type, ["N", channels, "H", "W"]),
+        helper.make_tensor_value_info("rois", rois_type, ["K", 5]),
     ]
     if op_type == "PrRoIPool":
-        output = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["K", "C", *pooled])
+        output = helper.make_tensor_value_info("out", features_type, ["K", channels, *pooled])
     else:
         inputs.append(
-            helper.make_tensor_value_info("grad_output", TensorProto.FLOAT, ["K", "C", *pooled])
+            helper.make_tensor_value_info("grad_output", features_type, ["K", channels, *pooled])
         )
-        output = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["K", 5])
+        output = helper.make_tensor_value_info("out", rois_type, ["K", 5])
     node = helper.make_node(
         op_type,
         [value.name for value in inputs],

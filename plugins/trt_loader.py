@@ -1,0 +1,69 @@
+"""Finding and registering the TensorRT plugin library (libiounet_trt_plugin, built by CMake).
+
+TensorRT is imported only when a function here is called; without it the error says what to
+install. Set IOUNET_TRT_PLUGIN_LIB to use a library other than the checkout's build/lib one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import os
+from pathlib import Path
+from types import ModuleType
+
+LIBRARY_NAME = "libiounet_trt_plugin.so"
+LIBRARY_ENV = "IOUNET_TRT_PLUGIN_LIB"
+PLUGIN_NAMES = ("PrRoIPool", "PrRoIPoolCoordGrad")
+PLUGIN_VERSION = "1"
+
+
+def import_tensorrt() -> ModuleType:
+    """The tensorrt module, or ImportError saying how to install it."""
+    try:
+        import tensorrt
+    except ImportError as error:
+        raise ImportError(
+            "TensorRT is not installed: on a machine with an NVIDIA GPU, "
+            "`pip install -e .[gpu]` (tensorrt >= 10) or NVIDIA's TensorRT wheels"
+        ) from error
+    return tensorrt
+
+
+def plugin_library_path() -> Path:
+    """$IOUNET_TRT_PLUGIN_LIB, else the checkout's build/lib/libiounet_trt_plugin.so."""
+    override = os.environ.get(LIBRARY_ENV)
+    if override:
+        return Path(override)
+    return Path(__file__).resolve().parents[1] / "build" / "lib" / LIBRARY_NAME
+
+
+def _checked_path(path: str | os.PathLike | None) -> Path:
+    library = Path(path) if path is not None else plugin_library_path()
+    if not library.is_file():
+        raise FileNotFoundError(
+            f"TensorRT plugin library not found at {library}: build it with "
+            f"`make native TENSORRT_ROOT=<TensorRT folder>`, or point {LIBRARY_ENV} at it"
+        )
+    return library
+
+
+def plugin_library_version(path: str | os.PathLike | None = None) -> str:
+    """The version string the plugin library reports (kept in engine metadata)."""
+    library = ctypes.CDLL(str(_checked_path(path)))
+    library.iounetPluginLibraryVersion.restype = ctypes.c_char_p
+    return library.iounetPluginLibraryVersion().decode()
+
+
+@functools.cache
+def load_plugin_library(path: str | os.PathLike | None = None) -> Path:
+    """Register the plugins with TensorRT's plugin registry once per process; return the library."""
+    trt = import_tensorrt()
+    library = _checked_path(path)
+    registry = trt.get_plugin_registry()
+    if registry.get_creator(PLUGIN_NAMES[0], PLUGIN_VERSION, "") is None:
+        registry.load_library(str(library))
+    missing = [n for n in PLUGIN_NAMES if registry.get_creator(n, PLUGIN_VERSION, "") is None]
+    if missing:
+        raise RuntimeError(f"{library} did not register the TensorRT plugin(s) {missing}")
+    return library
