@@ -76,6 +76,22 @@ def rois_tensor(
     return table
 
 
+def check_grad_output(grad_output: Tensor, expected: tuple[int, ...], input: Tensor) -> None:
+    """Raise if `grad_output` is not a tensor of shape `expected` like `input` (dtype, device)."""
+    if not isinstance(grad_output, Tensor):
+        raise TypeError(f"grad_output must be a torch.Tensor, got {type(grad_output).__name__}")
+    if tuple(grad_output.shape) != tuple(expected):
+        raise ValueError(
+            f"grad_output must have shape {tuple(expected)} (K, C, PH, PW), "
+            f"got {tuple(grad_output.shape)}"
+        )
+    if grad_output.dtype != input.dtype or grad_output.device != input.device:
+        raise TypeError(
+            f"grad_output is {grad_output.dtype} on {grad_output.device}, "
+            f"input is {input.dtype} on {input.device}"
+        )
+
+
 def _rois_from_list(boxes: Sequence[Tensor], input: Tensor) -> Tensor:
     if len(boxes) != input.shape[0]:
         raise ValueError(

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from iounet.plugins.arguments import (
+    check_grad_output,
     check_input,
     check_spatial_scale,
     output_size_pair,
@@ -168,17 +169,7 @@ def _prepare(
 
 def _grad_output(grad_output: Tensor, features: Tensor, shape: _Shape) -> Tensor:
     expected = (shape.num_rois, shape.channels, shape.pooled_height, shape.pooled_width)
-    if not isinstance(grad_output, Tensor):
-        raise TypeError(f"grad_output must be a torch.Tensor, got {type(grad_output).__name__}")
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(
-            f"grad_output must have shape {expected} (K, C, PH, PW), got {tuple(grad_output.shape)}"
-        )
-    if grad_output.dtype != features.dtype or grad_output.device != features.device:
-        raise TypeError(
-            f"grad_output is {grad_output.dtype} on {grad_output.device}, "
-            f"input is {features.dtype} on {features.device}"
-        )
+    check_grad_output(grad_output, expected, features)
     return grad_output.detach().contiguous()
 
 

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from iounet.plugins.arguments import (
+    check_grad_output,
     check_input,
     check_spatial_scale,
     output_size_pair,
@@ -93,18 +94,7 @@ def prroi_pool_coord_grad(
     pooled = output_size_pair(output_size)
     scale = check_spatial_scale(spatial_scale)
     table = rois_tensor(rois, input)
-    expected = (table.shape[0], input.shape[1], *pooled)
-    if not isinstance(grad_output, Tensor):
-        raise TypeError(f"grad_output must be a torch.Tensor, got {type(grad_output).__name__}")
-    if tuple(grad_output.shape) != expected:
-        raise ValueError(
-            f"grad_output must have shape {expected} (K, C, PH, PW), got {tuple(grad_output.shape)}"
-        )
-    if grad_output.dtype != input.dtype or grad_output.device != input.device:
-        raise TypeError(
-            f"grad_output is {grad_output.dtype} on {grad_output.device}, "
-            f"input is {input.dtype} on {input.device}"
-        )
+    check_grad_output(grad_output, (table.shape[0], input.shape[1], *pooled), input)
     if table.shape[0] == 0:
         return input.new_zeros((0, 5))
     with torch.no_grad():

@@ -176,3 +176,13 @@ def test_missing_native_library_says_how_to_build(monkeypatch, tmp_path):
             native.prroi_pool(torch.zeros((1, 1, 2, 2)), torch.zeros((0, 5)), 1)
     finally:
         native.load_library.cache_clear()
+
+
+def test_native_list_of_boxes_equals_table():
+    features = make_features(torch.float64, "cpu")
+    per_image = [make_rois([[1.3, 0.7, 4.6, 3.9]], torch.float64, "cpu"), torch.zeros((0, 4))]
+    per_image[1] = per_image[1].double()
+    table = make_rois([[0, 1.3, 0.7, 4.6, 3.9]], torch.float64, "cpu")
+    torch.testing.assert_close(
+        native.prroi_pool(features, per_image, 2), native.prroi_pool(features, table, 2)
+    )
