@@ -1,0 +1,356 @@
+"""A COCO-format detection dataset for torch: checked annotations, resized images, flips."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import numbers
+import reprlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools.coco import COCO
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True, eq=False)
+class _Record:
+    """One image's entry: its file, size and boxes in original pixels (x0, y0, x1, y1)."""
+
+    image_id: int
+    path: Path
+    width: int
+    height: int
+    boxes: np.ndarray  # (K, 4) float32
+    labels: np.ndarray  # (K,) int64
+    crowd_boxes: np.ndarray  # (M, 4) float32
+
+
+class CocoDetection(Dataset):
+    """Images and boxes of a COCO-format annotation file, through pycocotools.
+
+    Item `i` is `(image, target)`: `image` a float32 (3, H, W) tensor in [0, 1], resized so its
+    short side is `min_size` unless its long side would then exceed `max_size`; `target` holds
+    `boxes` (K, 4) float32 x0, y0, x1, y1 in resized pixels, `labels` (K,) int64 contiguous class
+    indices 0..C-1 (categories in increasing id order), `crowd_boxes` (M, 4) of the iscrowd=1
+    annotations (not in `boxes`), `image_id`, `orig_size` and `size` (height, width, int64),
+    `scale` (resized over original pixels, the same for x and y, float32) and `flipped` (bool).
+    `category_to_label` and `label_to_category` map COCO category ids to labels and back.
+
+    The annotation file is checked when the dataset is built: boxes are clipped to the image
+    and those left with no area dropped; missing image files raise (or, with `skip_unreadable`,
+    drop the image); with `skip_empty` images without non-crowd boxes are dropped. `report()`
+    counts all of this. An image that fails to decode raises when its item is read, or with
+    `skip_unreadable` is replaced by the next readable item and counted in this process.
+
+    In train mode an item is flipped horizontally with `flip_probability`, drawn from
+    `(seed, epoch, index)`; call `set_epoch` once per epoch for fresh flips.
+    """
+
+    def __init__(
+        self,
+        images_dir: str | Path,
+        annotation_file: str | Path,
+        min_size: int = 800,
+        max_size: int = 1333,
+        train: bool = False,
+        flip_probability: float = 0.5,
+        seed: int = 0,
+        skip_empty: bool = False,
+        skip_unreadable: bool = False,
+    ) -> None:
+        for name, value in (("min_size", min_size), ("max_size", max_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(flip_probability, bool) or not isinstance(flip_probability, numbers.Real):
+            raise ValueError(f"flip_probability must be a number, got {flip_probability!r}")
+        if not 0.0 <= flip_probability <= 1.0:
+            raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        self.images_dir = Path(images_dir)
+        self.annotation_file = Path(annotation_file)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images directory not found: {self.images_dir}")
+        self.min_size, self.max_size = min_size, max_size
+        self.train, self.flip_probability, self.seed = train, float(flip_probability), seed
+        self.skip_unreadable = skip_unreadable
+        self.epoch = 0
+
+        self.coco = _load_coco(self.annotation_file)
+        category_ids = sorted(self.coco.getCatIds())
+        self.category_to_label = {cid: label for label, cid in enumerate(category_ids)}
+        self.label_to_category = dict(enumerate(category_ids))
+        self.class_names = [self.coco.cats[cid]["name"] for cid in category_ids]
+        self._counts = {
+            "images_in_file": len(self.coco.imgs),
+            "annotations": len(self.coco.anns),
+            "crowd_annotations": 0,
+            "clipped_boxes": 0,
+            "dropped_boxes": 0,
+            "missing_images": 0,
+            "skipped_empty_images": 0,
+        }
+        self.missing_files: list[Path] = []
+        self.unreadable_files: list[Path] = []  # found by this process while reading items
+        self._unreadable: set[int] = set()
+        self._records: list[_Record] = []
+        for image_id in self.coco.getImgIds():
+            record = self._record(image_id)
+            if not record.path.is_file():
+                if not skip_unreadable:
+                    raise FileNotFoundError(f"image file not found: {record.path}")
+                self._counts["missing_images"] += 1
+                self.missing_files.append(record.path)
+            elif skip_empty and len(record.boxes) == 0:
+                self._counts["skipped_empty_images"] += 1
+            else:
+                self._records.append(record)
+        self.image_ids = [record.image_id for record in self._records]
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        index %= len(self)
+        for offset in range(len(self)):
+            position = (index + offset) % len(self)
+            if position in self._unreadable:
+                continue
+            record = self._records[position]
+            try:
+                image = _decode(record)
+            except ValueError:
+                if not self.skip_unreadable:
+                    raise
+                self._unreadable.add(position)
+                self.unreadable_files.append(record.path)
+                continue
+            return self._item(record, image, position)
+        raise ValueError(f"no readable image left in {self.images_dir}")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose flips items draw (train mode)."""
+        self.epoch = int(epoch)
+
+    def report(self) -> dict[str, int]:
+        """Return counts of images, annotations and what was clipped, dropped or skipped."""
+        return {
+            "images": len(self),
+            **self._counts,
+            "unreadable_images": len(self.unreadable_files),
+        }
+
+    def resized_shape(self, height: int, width: int) -> tuple[float, int, int]:
+        """Return the scale factor and the (height, width) an image of (height, width) gets."""
+        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
+        return (
+            scale,
+            max(1, math.floor(height * scale + 1e-6)),
+            max(1, math.floor(width * scale + 1e-6)),
+        )
+
+    def _record(self, image_id: int) -> _Record:
+        info = self.coco.imgs[image_id]
+        width, height = info["width"], info["height"]
+        boxes, labels, crowd = [], [], []
+        for ann in self.coco.imgToAnns[image_id]:
+            x, y, w, h = ann["bbox"]
+            box = [min(max(x, 0), width), min(max(y, 0), height)]
+            box += [min(max(x + w, 0), width), min(max(y + h, 0), height)]
+            if box != [x, y, x + w, y + h]:
+                self._counts["clipped_boxes"] += 1
+            if box[2] <= box[0] or box[3] <= box[1]:
+                self._counts["dropped_boxes"] += 1
+            elif ann.get("iscrowd", 0):
+                crowd.append(box)
+            else:
+                boxes.append(box)
+                labels.append(self.category_to_label[ann["category_id"]])
+            self._counts["crowd_annotations"] += int(bool(ann.get("iscrowd", 0)))
+        return _Record(
+            image_id,
+            self.images_dir / info["file_name"],
+            width,
+            height,
+            np.array(boxes, dtype=np.float32).reshape(-1, 4),
+            np.array(labels, dtype=np.int64),
+            np.array(crowd, dtype=np.float32).reshape(-1, 4),
+        )
+
+    def _item(
+        self, record: _Record, image: Image.Image, index: int
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        scale, height, width = self.resized_shape(record.height, record.width)
+        if scale != 1.0:
+            # The source region kept is (width, height) / scale: one exact factor for both axes.
+            region = (
+                0.0,
+                0.0,
+                min(record.width, width / scale),
+                min(record.height, height / scale),
+            )
+            image = image.resize((width, height), Image.Resampling.BILINEAR, box=region)
+        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+        pixels = pixels.to(torch.float32).div_(255.0)
+        boxes, keep = _resize_boxes(record.boxes, scale, height, width)
+        crowd_boxes, _ = _resize_boxes(record.crowd_boxes, scale, height, width)
+        flipped = self.train and self._flip(index)
+        if flipped:
+            pixels = pixels.flip(-1)
+            boxes = _flip_boxes(boxes, width)
+            crowd_boxes = _flip_boxes(crowd_boxes, width)
+        target = {
+            "boxes": torch.from_numpy(boxes),
+            "labels": torch.from_numpy(record.labels[keep]),
+            "crowd_boxes": torch.from_numpy(crowd_boxes),
+            "image_id": torch.tensor(record.image_id, dtype=torch.int64),
+            "orig_size": torch.tensor([record.height, record.width], dtype=torch.int64),
+            "size": torch.tensor([height, width], dtype=torch.int64),
+            "scale": torch.tensor(scale, dtype=torch.float32),
+            "flipped": torch.tensor(flipped),
+        }
+        return pixels, target
+
+    def _flip(self, index: int) -> bool:
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        return bool(rng.random() < self.flip_probability)
+
+
+def collate(
+    batch: list[tuple[Tensor, dict[str, Tensor]]],
+) -> tuple[list[Tensor], list[dict[str, Tensor]]]:
+    """Return a batch of items as (list of images, list of targets), for a DataLoader."""
+    return [image for image, _ in batch], [target for _, target in batch]
+
+
+def _resize_boxes(
+    boxes: np.ndarray, scale: float, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return `boxes` scaled and clipped to the resized image, and which of them keep an area."""
+    boxes = np.clip(boxes * scale, 0.0, np.array([width, height, width, height], np.float32))
+    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    return boxes[keep], keep
+
+
+def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
+    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
+
+
+def _decode(record: _Record) -> Image.Image:
+    """Return the record's image as RGB; raise ValueError naming the file if it cannot."""
+    try:
+        with Image.open(record.path) as image:
+            image = image.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ValueError(f"cannot decode image {record.path}: {error}") from error
+    if image.size != (record.width, record.height):
+        raise ValueError(
+            f"image {record.path} is {image.size[0]}x{image.size[1]} pixels but its annotation "
+            f"says {record.width}x{record.height}"
+        )
+    return image
+
+
+def _load_coco(path: Path) -> COCO:
+    """Return a pycocotools index of the annotation file after checking its structure."""
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON file: {error}") from error
+    _check_annotations(path, data)
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _check_annotations(path: Path, data: Any) -> None:
+    """Raise ValueError naming `path` and the entry if `data` is not a usable COCO dataset."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be an object, got {type(data).__name__}")
+    category_ids = _check_entries(path, data, "categories", _CATEGORY_FIELDS)
+    image_ids = _check_entries(path, data, "images", _IMAGE_FIELDS)
+    _check_entries(path, data, "annotations", _ANNOTATION_FIELDS)
+    for i, ann in enumerate(data["annotations"]):
+        where = f"{path}: annotations[{i}] (id {ann['id']})"
+        if ann["image_id"] not in image_ids:
+            raise ValueError(f"{where}: image_id {ann['image_id']} is not in 'images'")
+        if ann["category_id"] not in category_ids:
+            raise ValueError(f"{where}: category_id {ann['category_id']} is not in 'categories'")
+        if ann.get("iscrowd", 0) not in (0, 1):
+            raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {ann['iscrowd']!r}")
+
+
+def _check_entries(
+    path: Path, data: dict, key: str, fields: tuple[tuple[str, Callable[[Any], bool], str], ...]
+) -> set[int]:
+    """Check that `data[key]` is a list of objects with `fields` and unique ids; return the ids."""
+    entries = data.get(key)
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: '{key}' must be a list, got {reprlib.repr(entries)}")
+    ids: set[int] = set()
+    for i, entry in enumerate(entries):
+        where = f"{path}: {key}[{i}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be an object, got {reprlib.repr(entry)}")
+        for name, test, meaning in fields:
+            if name not in entry:
+                raise ValueError(f"{where} has no '{name}'")
+            if not test(entry[name]):
+                raise ValueError(
+                    f"{where}: '{name}' must be {meaning}, got {reprlib.repr(entry[name])}"
+                )
+        if entry["id"] in ids:
+            raise ValueError(f"{where}: id {entry['id']} appears twice in '{key}'")
+        ids.add(entry["id"])
+    return ids
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_positive_int(value: Any) -> bool:
+    return _is_int(value) and value > 0
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+def _is_bbox(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 4
+        and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in value)
+        and all(math.isfinite(v) for v in value)
+    )
+
+
+_CATEGORY_FIELDS = (("id", _is_int, "an int"), ("name", _is_str, "a non-empty string"))
+_IMAGE_FIELDS = (
+    ("id", _is_int, "an int"),
+    ("file_name", _is_str, "a non-empty string"),
+    ("width", _is_positive_int, "a positive int"),
+    ("height", _is_positive_int, "a positive int"),
+)
+_ANNOTATION_FIELDS = (
+    ("id", _is_int, "an int"),
+    ("image_id", _is_int, "an int"),
+    ("category_id", _is_int, "an int"),
+    ("bbox", _is_bbox, "a list of 4 finite numbers [x, y, width, height]"),
+)
