@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 
 from iounet._version import __version__
+
+# Modules that add subcommands: each has `register(subparsers)`, which adds its parsers and sets
+# `run=<function(args) -> int>` on each; heavy imports stay inside the run functions.
+COMMAND_MODULES: tuple[str, ...] = ("iounet.training.commands",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="IoU-Net deployment stack: train, export, build engines, run and benchmark.",
     )
     parser.add_argument("--version", action="version", version=f"iounet {__version__}")
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
     return parser
 
 
@@ -27,7 +34,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (OSError, ValueError) as error:
+        # Bad input (missing or existing files, malformed data, invalid settings): one line.
+        print(f"iounet {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

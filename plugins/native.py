@@ -182,3 +182,35 @@ def _call(
     status = function(*pointers, ctypes.byref(shape), ctypes.c_int(threads))
     if status != 0:
         raise NativeLibraryError(f"iounet_prroi_{kernel} rejected its arguments (status {status})")
+
+
+class _PrRoIPoolFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float) -> Tensor:
+        ctx.save_for_backward(input, rois)
+        ctx.pooled, ctx.scale = pooled, scale
+        return prroi_pool(input, rois, pooled, scale)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        input, rois = ctx.saved_tensors
+        grad = grad_output.contiguous()
+        grad_input = grad_rois = None
+        if ctx.needs_input_grad[0]:
+            grad_input = prroi_pool_feature_grad(input, rois, grad, ctx.pooled, ctx.scale)
+        if ctx.needs_input_grad[1]:
+            grad_rois = prroi_pool_coord_grad(input, rois, grad, ctx.pooled, ctx.scale)
+        return grad_input, grad_rois, None, None
+
+
+def prroi_pool_differentiable(
+    input: Tensor,
+    rois: Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float = 1.0,
+) -> Tensor:
+    """PrRoIPool on the CPU kernels with autograd (gradients from the native kernels too).
+
+    `rois` is a (K, 5) tensor; use it where the PyTorch op is too slow, e.g. CPU training.
+    """
+    return _PrRoIPoolFunction.apply(input, rois, output_size_pair(output_size), spatial_scale)

@@ -1,0 +1,144 @@
+"""Training: exact resume, Ctrl-C safety, refusal to overwrite, and an end-to-end CLI smoke run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from iounet.cli import main
+from iounet.training.checkpoint import load_checkpoint
+from iounet.training.config import RECIPES, DataConfig, OptimConfig, TrainConfig, load_config
+from iounet.training.model import ModelConfig
+from iounet.training.synthetic import generate_synthetic_dataset
+from iounet.training.trainer import StepBatches, Trainer
+
+TINY = replace(
+    RECIPES["cpu-demo"],
+    model=ModelConfig(backbone="resnet18", fpn_channels=8, head_dim=16),
+    data=DataConfig(min_size=64, max_size=64, boxes_per_image=8, num_workers=0),
+    optim=OptimConfig(
+        lr=0.01, batch_size=2, steps=4, lr_steps=(3,), warmup_steps=1, warmup_lr=0.001
+    ),
+    checkpoint_every=2,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    generate_synthetic_dataset(out, train=6, val=3, size=64, seed=0)
+    return out
+
+
+def _parameters(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    straight = Trainer(data, tmp_path / "straight", TINY)
+    straight.run(progress=False)
+
+    first = Trainer(data, tmp_path / "resumed", TINY)
+    first.run(progress=False, until=2)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 2
+    second = Trainer(data, tmp_path / "resumed", TINY)
+    second.resume()
+    assert second.step == 2
+    second.run(progress=False)
+
+    expected, actual = _parameters(straight), _parameters(second)
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        torch.testing.assert_close(actual[name], expected[name], rtol=0, atol=0, msg=name)
+    changed = _parameters(Trainer(data, tmp_path / "fresh", TINY))
+    assert any(not torch.equal(changed[k], expected[k]) for k in expected)
+
+
+def test_resume_refuses_another_config(data, tmp_path):
+    Trainer(data, tmp_path / "run", TINY).run(progress=False, until=2)
+    other = Trainer(data, tmp_path / "run", replace(TINY, seed=5))
+    with pytest.raises(ValueError, match="another config"):
+        other.resume()
+
+
+def test_interrupt_leaves_the_last_checkpoint_intact(data, tmp_path, monkeypatch):
+    trainer = Trainer(data, tmp_path / "run", TINY)
+    original = Trainer.train_step
+
+    def interrupted(self, images, targets):
+        if self.step == 3:
+            raise KeyboardInterrupt
+        return original(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run(progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["step"] == 2
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["last.pt"]
+
+
+def test_batches_cover_every_image_each_epoch_and_split_over_processes():
+    batches = StepBatches(size=10, batch_size=5, seed=3)
+    epoch = sorted(batches.indices(0) + batches.indices(1))
+    assert epoch == list(range(10))
+    assert batches.indices(2) != batches.indices(0)  # a new permutation next epoch
+    shares = [StepBatches(10, 4, 3, rank, 2).indices(1) for rank in range(2)]
+    assert sorted(shares[0] + shares[1]) == sorted(StepBatches(10, 4, 3).indices(1))
+
+
+def test_config_file_overrides_a_recipe(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('recipe = "cpu-demo"\nseed = 9\n[optim]\nsteps = 20\nlr_steps = [10, 15]\n')
+    config = load_config(path)
+    assert config.seed == 9 and config.optim.steps == 20 and config.optim.lr_steps == (10, 15)
+    assert config.model == RECIPES["cpu-demo"].model
+    path.write_text("[optim]\nstep = 3\n")
+    with pytest.raises(ValueError, match="step"):
+        load_config(path)
+    path.write_text("recipe = 'fast'\n")
+    with pytest.raises(ValueError, match="recipe"):
+        load_config(path)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+def test_cli_train_then_eval(data, tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'recipe = "cpu-demo"\ncheckpoint_every = 2\n'
+        "[model]\nfpn_channels = 8\nhead_dim = 16\n"
+        "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 8\nnum_workers = 0\n"
+        "[optim]\nbatch_size = 2\nsteps = 2\nwarmup_steps = 1\nlr_steps = [1]\n"
+    )
+    out = tmp_path / "run"
+    arguments = ["train", "--data", str(data), "--out", str(out), "--config", str(config)]
+    assert main([*arguments, "--no-progress"]) == 0
+    with pytest.raises(SystemExit, match="--resume"):
+        main([*arguments, "--no-progress"])
+    report = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--images",
+                str(data / "val" / "images"),
+                "--annotations",
+                str(data / "val" / "annotations.json"),
+                "--checkpoint",
+                str(out / "last.pt"),
+                "--json",
+                str(report),
+                "--plots",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
+    figures = json.loads(report.read_text())
+    assert -1.0 <= figures["pearson"]["jittered_predicted_iou"] <= 1.0
+    assert figures["pearson"]["jittered_boxes"] > 0
+    assert (tmp_path / "plots" / "pearson_jittered.png").stat().st_size > 1000

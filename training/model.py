@@ -1,0 +1,211 @@
+"""IoU-Net: a ResNet-FPN backbone and the IoU head (PrRoIPool 7x7, two FC layers, IoU per class).
+
+The head predicts the normalized IoU t = 2 * IoU - 1 of each box with its matched ground truth,
+for the box's class. Backbone and head are separate modules with a plain interface (an image
+batch in, a list of FPN maps P2-P5 out; maps and boxes in, t out), so the head can also sit on
+another detector's FPN features and export can cut between them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+
+from iounet.plugins import prroi_pool
+
+#: Strides of the FPN levels P2, P3, P4, P5 that the head pools from.
+FPN_STRIDES = (4, 8, 16, 32)
+#: ImageNet statistics; images enter the backbone as RGB in [0, 1].
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an IoU-Net.
+
+    Attributes:
+        backbone: torchvision ResNet depth ("resnet50" as in the paper; "resnet18" for the CPU).
+        fpn_channels: channels of every FPN level (256 in the paper).
+        head_dim: width of the two fully connected layers (1024 in the paper).
+        pool_size: PrRoIPool output size (7 in the paper).
+        frozen_batchnorm: freeze BatchNorm statistics (use with pretrained weights).
+        trainable_layers: ResNet stages trained, 0-5 (5: all of them).
+        canonical_size, canonical_level: the RoI-to-level rule of FPN, level
+            floor(canonical_level + log2(sqrt(w * h) / canonical_size)) clamped to P2-P5.
+    """
+
+    backbone: str = "resnet50"
+    fpn_channels: int = 256
+    head_dim: int = 1024
+    pool_size: int = 7
+    frozen_batchnorm: bool = False
+    trainable_layers: int = 5
+    canonical_size: float = 224.0
+    canonical_level: int = 4
+
+    def __post_init__(self) -> None:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        for name in ("fpn_channels", "head_dim", "pool_size", "canonical_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 <= self.trainable_layers <= 5:
+            raise ValueError(f"trainable_layers must be in 0..5, got {self.trainable_layers}")
+
+
+class FPNBackbone(nn.Module):
+    """Image batch (N, 3, H, W), RGB in [0, 1] -> FPN maps [P2, P3, P4, P5]."""
+
+    def __init__(self, config: ModelConfig, weights: str | Path | None = None) -> None:
+        super().__init__()
+        norm = FrozenBatchNorm2d if config.frozen_batchnorm else nn.BatchNorm2d
+        body = getattr(resnet, config.backbone)(weights=None, norm_layer=norm)
+        if weights is not None:
+            load_backbone_weights(body, weights)
+        stages = ["layer4", "layer3", "layer2", "layer1", "conv1"][: config.trainable_layers]
+        if config.trainable_layers == 5:
+            stages.append("bn1")
+        for name, parameter in body.named_parameters():
+            parameter.requires_grad_(any(name.startswith(stage) for stage in stages))
+        width = 512 if config.backbone in ("resnet18", "resnet34") else 2048
+        self.fpn = BackboneWithFPN(
+            body,
+            return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+            in_channels_list=[width // 8, width // 4, width // 2, width],
+            out_channels=config.fpn_channels,
+        )
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        maps = self.fpn((images - self.mean) / self.std)
+        return [maps[key] for key in ("0", "1", "2", "3")]
+
+
+def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
+    """Load ImageNet weights for the ResNet body from a local file (never a download)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = body.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not fit the backbone: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+
+
+def fpn_levels(boxes: Tensor, config: ModelConfig) -> Tensor:
+    """FPN level index (0 for P2 ... 3 for P5) of boxes (K, 4) by the RoI-to-level rule."""
+    size = (
+        (boxes[:, 2] - boxes[:, 0]).clamp_min(0) * (boxes[:, 3] - boxes[:, 1]).clamp_min(0)
+    ).sqrt()
+    level = torch.floor(config.canonical_level + torch.log2(size / config.canonical_size + 1e-8))
+    return (level.clamp(2, 5) - 2).long()
+
+
+class IoUHead(nn.Module):
+    """FPN maps [P2..P5], rois (K, 5) `[batch_index, x0, y0, x1, y1]` in image pixels, labels (K,)
+    -> normalized IoU t (K,) for each box's class.
+    """
+
+    def __init__(self, config: ModelConfig, num_classes: int) -> None:
+        super().__init__()
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.config = config
+        self.num_classes = num_classes
+        #: The PrRoIPool implementation: the PyTorch op, or e.g. the native CPU kernels.
+        self.pool_op: Callable[[Tensor, Tensor, int, float], Tensor] = prroi_pool
+        inputs = config.fpn_channels * config.pool_size**2
+        self.fc1 = nn.Linear(inputs, config.head_dim)
+        self.fc2 = nn.Linear(config.head_dim, config.head_dim)
+        self.predictor = nn.Linear(config.head_dim, num_classes)
+        for layer in (self.fc1, self.fc2):
+            nn.init.kaiming_uniform_(layer.weight, a=1)
+            nn.init.zeros_(layer.bias)
+        nn.init.normal_(self.predictor.weight, std=0.01)
+        nn.init.zeros_(self.predictor.bias)
+
+    def pool(self, maps: Sequence[Tensor], rois: Tensor) -> Tensor:
+        """PrRoIPool of every roi on its FPN level: (K, C, pool_size, pool_size)."""
+        levels = fpn_levels(rois[:, 1:], self.config)
+        size = self.config.pool_size
+        pooled = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], size, size))
+        for level, (features, stride) in enumerate(zip(maps, FPN_STRIDES, strict=True)):
+            index = torch.nonzero(levels == level).flatten()
+            if index.numel():
+                pooled[index] = self.pool_op(features, rois[index], size, 1.0 / stride)
+        return pooled
+
+    def forward(self, maps: Sequence[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
+        hidden = torch.relu(self.fc1(self.pool(maps, rois).flatten(1)))
+        hidden = torch.relu(self.fc2(hidden))
+        scores = self.predictor(hidden)
+        return scores.gather(1, labels.long().view(-1, 1)).squeeze(1)
+
+
+class IoUNet(nn.Module):
+    """Backbone plus IoU head; `weights` names a local ImageNet checkpoint of the ResNet body."""
+
+    def __init__(
+        self, config: ModelConfig, num_classes: int, weights: str | Path | None = None
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.num_classes = num_classes
+        self.backbone = FPNBackbone(config, weights)
+        self.head = IoUHead(config, num_classes)
+
+    def forward(self, images: Tensor, rois: Tensor, labels: Tensor) -> Tensor:
+        """Normalized IoU t = 2 * IoU - 1 (K,) of rois in `images`."""
+        return self.head(self.backbone(images), rois, labels)
+
+    @torch.no_grad()
+    def predict_iou(self, images: Tensor, rois: Tensor, labels: Tensor) -> Tensor:
+        """Predicted IoU in [0, 1] (K,)."""
+        return to_iou(self(images, rois, labels))
+
+    def architecture(self) -> dict:
+        """What a checkpoint must match to load into this model."""
+        return {"config": asdict(self.config), "num_classes": self.num_classes}
+
+
+def use_fast_pooling(model: IoUNet, device: torch.device) -> bool:
+    """Pool with the native CPU kernels when the model runs on the CPU and they are built."""
+    from iounet.plugins import native
+
+    if device.type != "cpu":
+        return False
+    try:
+        native.load_library()
+    except native.NativeLibraryError:
+        return False
+    model.head.pool_op = native.prroi_pool_differentiable
+    return True
+
+
+def to_iou(t: Tensor) -> Tensor:
+    """Normalized prediction t in [-1, 1] -> IoU in [0, 1]."""
+    return ((t + 1) / 2).clamp(0, 1)
+
+
+def to_target(iou: Tensor) -> Tensor:
+    """IoU in [0, 1] -> the training target t = 2 * IoU - 1."""
+    return 2 * iou - 1
+
+
+def parameter_count(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -1,0 +1,292 @@
+"""The IoU-Net training loop: jittered boxes, smooth-L1 on the normalized IoU, SGD, checkpoints.
+
+Every random choice of a step (data order, flips, box jitter) derives from (seed, step), so a run
+resumed from a checkpoint continues exactly as if it had not stopped. Under `torchrun` each
+process takes its share of every batch and gradients are averaged (DistributedDataParallel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from iounet.training.checkpoint import LAST_NAME, check_compatible, load_checkpoint, save_checkpoint
+from iounet.training.coco_dataset import CocoDetection, collate
+from iounet.training.config import TrainConfig
+from iounet.training.jitter import jitter_boxes
+from iounet.training.model import IoUNet, to_target, use_fast_pooling
+
+#: Images of a batch are padded to a multiple of the coarsest FPN stride.
+SIZE_DIVISOR = 32
+
+
+@dataclass
+class TrainResult:
+    """Where a run ended: its last checkpoint, step and the mean loss of its last steps."""
+
+    checkpoint: Path
+    step: int
+    recent_loss: float
+
+
+def step_generator(seed: int, step: int, salt: int = 0) -> torch.Generator:
+    """The generator of all random choices of one step."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 7 + salt)
+
+
+class StepBatches:
+    """Image indices of each step's batch: a fresh permutation of the data set every epoch."""
+
+    def __init__(
+        self, size: int, batch_size: int, seed: int, rank: int = 0, world: int = 1
+    ) -> None:
+        if size <= 0:
+            raise ValueError("the training set has no images")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.rank, self.world = rank, world
+
+    def indices(self, step: int) -> list[int]:
+        """This process's share of the batch of `step`."""
+        start = step * self.batch_size
+        batch = [self._at(position) for position in range(start, start + self.batch_size)]
+        return batch[self.rank :: self.world]
+
+    def _at(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        return self._order(epoch)[offset]
+
+    @functools.lru_cache(maxsize=2)  # noqa: B019 (a handful of instances per process)
+    def _order(self, epoch: int) -> list[int]:
+        return torch.randperm(
+            self.size, generator=step_generator(self.seed, epoch, salt=1)
+        ).tolist()
+
+
+def pad_images(images: list[Tensor]) -> Tensor:
+    """Stack (3, H, W) images into one batch, zero-padded at the bottom and right."""
+    height = max(image.shape[1] for image in images)
+    width = max(image.shape[2] for image in images)
+    height = math.ceil(height / SIZE_DIVISOR) * SIZE_DIVISOR
+    width = math.ceil(width / SIZE_DIVISOR) * SIZE_DIVISOR
+    batch = images[0].new_zeros((len(images), 3, height, width))
+    for index, image in enumerate(images):
+        batch[index, :, : image.shape[1], : image.shape[2]] = image
+    return batch
+
+
+def training_boxes(
+    targets: list[dict[str, Tensor]],
+    sizes: list[tuple[int, int]],
+    config: TrainConfig,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Jittered rois (M, 5), their matched labels (M,) and IoU targets (M,) for a batch."""
+    rois, labels, ious = [], [], []
+    for index, (target, size) in enumerate(zip(targets, sizes, strict=True)):
+        sample = jitter_boxes(
+            target["boxes"],
+            config.data.boxes_per_image,
+            generator,
+            min_iou=config.data.min_iou,
+            bins=config.data.iou_bins,
+            image_size=size,
+        )
+        column = sample.boxes.new_full((sample.boxes.shape[0], 1), float(index))
+        rois.append(torch.cat([column, sample.boxes], dim=1))
+        labels.append(target["labels"][sample.gt_index])
+        ious.append(sample.iou)
+    return torch.cat(rois), torch.cat(labels), torch.cat(ious)
+
+
+def flip_batch(
+    images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
+) -> None:
+    """Flip each image and its boxes horizontally with probability 1/2, in place."""
+    for index, image in enumerate(images):
+        if bool(torch.rand((), generator=generator) < 0.5):
+            width = image.shape[2]
+            images[index] = image.flip(2)
+            boxes = targets[index]["boxes"].clone()
+            boxes[:, [0, 2]] = width - targets[index]["boxes"][:, [2, 0]]
+            targets[index] = {**targets[index], "boxes": boxes}
+
+
+class Trainer:
+    """Trains an IoUNet on a COCO-format folder (`train/images`, `train/annotations.json`)."""
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        out_dir: str | Path,
+        config: TrainConfig,
+        weights: str | Path | None = None,
+        device: str | None = None,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        self.rank, self.world = 0, 1
+        if self.distributed:
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if device is None:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        if config.optim.batch_size % self.world:
+            raise ValueError(
+                f"batch_size {config.optim.batch_size} is not a multiple of {self.world} processes"
+            )
+        split = Path(data_dir) / "train"
+        self.dataset = CocoDetection(
+            split / "images",
+            split / "annotations.json",
+            min_size=config.data.min_size,
+            max_size=config.data.max_size,
+            train=False,
+        )
+        self.class_names = list(self.dataset.class_names)
+        torch.manual_seed(config.seed)
+        self.model = IoUNet(config.model, len(self.class_names), weights).to(self.device)
+        use_fast_pooling(self.model, self.device)
+        self.optimizer = torch.optim.SGD(
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=config.optim.lr,
+            momentum=config.optim.momentum,
+            weight_decay=config.optim.weight_decay,
+        )
+        self.amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.batches = StepBatches(
+            len(self.dataset), config.optim.batch_size, config.seed, self.rank, self.world
+        )
+        self.step = 0
+        self.parallel: nn.Module = self.model
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.parallel = DistributedDataParallel(self.model, device_ids=ids)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.out_dir / LAST_NAME
+
+    def resume(self) -> None:
+        """Continue from the last checkpoint in out_dir; it must be from the same run setup."""
+        state = load_checkpoint(self.last_checkpoint)
+        check_compatible(
+            state, self.model.architecture(), self.class_names, str(self.last_checkpoint)
+        )
+        if state["config"] != self.config.to_dict():
+            raise ValueError(
+                f"{self.last_checkpoint} was written with another config; "
+                "resume with the same config or start a new run in another folder"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+
+    def state(self) -> dict[str, Any]:
+        """Everything a checkpoint holds."""
+        return {
+            "model": self.model.state_dict(),
+            "architecture": self.model.architecture(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step,
+            "config": self.config.to_dict(),
+            "class_names": self.class_names,
+        }
+
+    def save(self) -> None:
+        if self.rank == 0:
+            save_checkpoint(self.last_checkpoint, self.state())
+        if self.distributed:
+            dist.barrier()
+
+    def train_step(self, images: list[Tensor], targets: list[dict[str, Tensor]]) -> float:
+        """One optimizer step on this process's share of the batch; returns its loss."""
+        config = self.config
+        generator = step_generator(config.seed, self.step)
+        images, targets = list(images), list(targets)
+        if config.data.flip:
+            flip_batch(images, targets, generator)
+        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
+        rois, labels, ious = training_boxes(targets, sizes, config, generator)
+        for group in self.optimizer.param_groups:
+            group["lr"] = config.optim.lr_at(self.step)
+        self.model.train()
+        batch = pad_images(images).to(self.device)
+        autocast = (
+            torch.autocast("cuda", enabled=self.amp) if self.amp else contextlib.nullcontext()
+        )
+        with autocast:
+            prediction = self.parallel(batch, rois.to(self.device), labels.to(self.device))
+            loss = nn.functional.smooth_l1_loss(
+                prediction.float(),
+                to_target(ious.to(self.device)),
+                beta=config.optim.smooth_l1_beta,
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self, progress: bool = True, until: int | None = None) -> TrainResult:
+        """Train to step `until` (default: config.optim.steps), checkpointing as configured.
+
+        The last step of the call always writes a checkpoint.
+        """
+        total = self.config.optim.steps if until is None else min(until, self.config.optim.steps)
+        losses: list[float] = []
+        bar = _progress(total, self.step, progress and self.rank == 0)
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=(self.batches.indices(step) for step in range(self.step, total)),
+            collate_fn=collate,
+            num_workers=self.config.data.num_workers,
+        )
+        try:
+            for images, targets in loader:
+                losses.append(self.train_step(images, targets))
+                losses = losses[-20:]
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{sum(losses) / len(losses):.4f}",
+                    lr=f"{self.config.optim.lr_at(self.step - 1):.4g}",
+                )
+                if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                    self.save()
+        finally:
+            bar.close()
+            if self.distributed:
+                dist.destroy_process_group()
+        recent = sum(losses) / len(losses) if losses else math.nan
+        return TrainResult(self.last_checkpoint, self.step, recent)
+
+
+def _progress(total: int, done: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total,
+        initial=done,
+        disable=not enabled,
+        file=sys.stderr,
+        unit="step",
+        dynamic_ncols=True,
+    )
