@@ -110,7 +110,7 @@ def test_cli_train_then_eval(data, tmp_path, capsys):
     config = tmp_path / "tiny.toml"
     config.write_text(
         'recipe = "cpu-demo"\ncheckpoint_every = 2\n'
-        "[model]\nfpn_channels = 8\nhead_dim = 16\n"
+        "[model]\nfpn_channels = 8\nhead_dim = 16\nfrozen_backbone = false\n"
         "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 8\nnum_workers = 0\n"
         "[optim]\nbatch_size = 2\nsteps = 2\nwarmup_steps = 1\nlr_steps = [1]\n"
     )
@@ -142,3 +142,55 @@ def test_cli_train_then_eval(data, tmp_path, capsys):
     assert -1.0 <= figures["pearson"]["jittered_predicted_iou"] <= 1.0
     assert figures["pearson"]["jittered_boxes"] > 0
     assert (tmp_path / "plots" / "pearson_jittered.png").stat().st_size > 1000
+
+
+TINY_DETECTOR = replace(
+    TINY,
+    recipe="detector-cpu-demo",
+    data=replace(TINY.data, boxes_per_image=16),
+    optim=replace(TINY.optim, steps=2),
+)
+
+
+def test_detector_trains_detects_and_lends_its_frozen_backbone(data, tmp_path):
+    from iounet.training.detector import DetectorTrainer, detect, load_detector
+
+    DetectorTrainer(data, tmp_path / "detector", TINY_DETECTOR).run(progress=False)
+    detector, state = load_detector(tmp_path / "detector" / "last.pt")
+    assert state["architecture"]["kind"] == "faster_rcnn"
+    images = [torch.rand(3, 64, 64), torch.rand(3, 64, 64)]
+    found = detect(detector, images)
+    assert len(found) == 2
+    for output in found:
+        assert (
+            output["boxes"].shape[1] == 4 and output["boxes"].shape[0] == output["scores"].shape[0]
+        )
+        assert bool((output["labels"] >= 0).all()) and bool((output["labels"] < 5).all())
+
+    frozen = replace(
+        TINY,
+        model=replace(TINY.model, frozen_backbone=True),
+        backbone_from=str(tmp_path / "detector" / "last.pt"),
+    )
+    trainer = Trainer(data, tmp_path / "head", frozen)
+    detector_backbone = {
+        k.removeprefix("backbone."): v
+        for k, v in state["model"].items()
+        if k.startswith("backbone.")
+    }
+    ours = {k.removeprefix("fpn."): v for k, v in trainer.model.backbone.state_dict().items()}
+    assert detector_backbone.keys() == {k for k in ours if k in detector_backbone}
+    for name, value in detector_backbone.items():
+        assert torch.equal(ours[name], value), name
+    head_before = trainer.model.head.fc1.weight.detach().clone()
+    trainer.run(progress=False)
+    after = {k.removeprefix("fpn."): v for k, v in trainer.model.backbone.state_dict().items()}
+    for name, value in detector_backbone.items():
+        assert torch.equal(after[name], value), f"frozen backbone changed: {name}"
+    assert not torch.equal(trainer.model.head.fc1.weight, head_before)
+
+
+def test_frozen_backbone_without_a_source_is_refused(data, tmp_path):
+    frozen = replace(TINY, model=replace(TINY.model, frozen_backbone=True))
+    with pytest.raises(ValueError, match="frozen backbone"):
+        Trainer(data, tmp_path / "run", frozen)

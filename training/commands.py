@@ -1,4 +1,4 @@
-"""`iounet data synth`, `iounet train` and `iounet eval` (the predictor's Pearson figures)."""
+"""`iounet data synth`, `train`, `train-detector`, `detect` and `eval` (the predictor's Pearson)."""
 
 from __future__ import annotations
 
@@ -21,15 +21,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.set_defaults(run=_synth)
 
     train = subparsers.add_parser("train", help="train the IoU predictor")
-    train.add_argument("--data", type=Path, required=True, help="folder with train/ (COCO format)")
-    train.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
-    train.add_argument("--config", type=Path, help="TOML file of overrides")
-    train.add_argument("--recipe", help="paper or cpu-demo (default: the config's, else paper)")
-    train.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    _training_arguments(train, "paper, cpu-demo")
     train.add_argument("--weights", type=Path, help="local ImageNet weights of the ResNet body")
-    train.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument(
+        "--backbone-from", type=Path, help="detector checkpoint whose FPN backbone to start from"
+    )
     train.set_defaults(run=_train)
+
+    detector = subparsers.add_parser("train-detector", help="train the Faster R-CNN detector")
+    _training_arguments(detector, "detector-cpu-demo")
+    detector.set_defaults(run=_train_detector, weights=None, backbone_from=None)
+
+    detect = subparsers.add_parser("detect", help="write a detector's raw (pre-NMS) detections")
+    detect.add_argument("--checkpoint", type=Path, required=True, help="detector checkpoint")
+    detect.add_argument("--images", type=Path, required=True)
+    detect.add_argument("--annotations", type=Path, required=True, help="COCO file of the images")
+    detect.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
+    detect.add_argument("--force", action="store_true", help="replace an existing --out")
+    detect.add_argument("--device", default="cpu")
+    detect.set_defaults(run=_detect)
 
     evaluate = subparsers.add_parser("eval", help="evaluate the IoU predictor")
     evaluate.add_argument("--images", type=Path, required=True)
@@ -43,6 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=_eval)
 
 
+def _training_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="folder with train/ (COCO format)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for checkpoints")
+    parser.add_argument("--config", type=Path, help="TOML file of overrides")
+    parser.add_argument("--recipe", help=f"{recipes} (default: the config's)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def _synth(args: argparse.Namespace) -> int:
     from iounet.training.synthetic import generate_synthetic_dataset
 
@@ -54,16 +74,31 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from iounet.training.checkpoint import LAST_NAME
-    from iounet.training.config import load_config
     from iounet.training.trainer import Trainer
 
-    config = load_config(args.config, args.recipe)
+    return _run_training(args, Trainer, default_recipe=None)
+
+
+def _train_detector(args: argparse.Namespace) -> int:
+    from iounet.training.detector import DetectorTrainer
+
+    return _run_training(args, DetectorTrainer, default_recipe="detector-cpu-demo")
+
+
+def _run_training(args: argparse.Namespace, trainer_class: type, default_recipe: str | None) -> int:
+    from dataclasses import replace
+
+    from iounet.training.checkpoint import LAST_NAME
+    from iounet.training.config import load_config
+
+    config = load_config(args.config, args.recipe or (None if args.config else default_recipe))
+    if args.backbone_from:
+        config = replace(config, backbone_from=str(args.backbone_from))
     if (args.out / LAST_NAME).exists() and not args.resume:
         raise SystemExit(
             f"{args.out / LAST_NAME} exists: pass --resume to continue it, or choose another --out"
         )
-    trainer = Trainer(args.data, args.out, config, weights=args.weights, device=args.device)
+    trainer = trainer_class(args.data, args.out, config, weights=args.weights, device=args.device)
     if args.resume:
         trainer.resume()
     try:
@@ -79,12 +114,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detect(args: argparse.Namespace) -> int:
+    from iounet.files import atomic_path
+    from iounet.training.coco_dataset import CocoDetection
+    from iounet.training.config import TrainConfig
+    from iounet.training.detector import detect, load_detector
+
+    if args.out.exists() and not args.force:
+        raise SystemExit(f"{args.out} exists: pass --force to replace it")
+    model, state = load_detector(args.checkpoint, args.device)
+    config = TrainConfig.from_dict(state["config"])
+    dataset = CocoDetection(
+        args.images, args.annotations, min_size=config.data.min_size, max_size=config.data.max_size
+    )
+    if list(dataset.class_names) != state["class_names"]:
+        raise SystemExit(
+            f"{args.annotations} has classes {list(dataset.class_names)}, "
+            f"the detector {state['class_names']}"
+        )
+    results = []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        found = detect(model, [image])[0]
+        boxes = found["boxes"] / float(target["scale"])
+        for box, score, label in zip(
+            boxes.tolist(), found["scores"].tolist(), found["labels"].tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": int(target["image_id"]),
+                    "category_id": dataset.label_to_category[label],
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "score": score,
+                }
+            )
+    with atomic_path(args.out) as temporary:
+        temporary.write_text(json.dumps(results))
+    print(f"{len(results)} raw detections on {len(dataset)} images -> {args.out}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
+    import torch
+
     from iounet.files import atomic_path
     from iounet.training.checkpoint import load_model
     from iounet.training.coco_dataset import CocoDetection
     from iounet.training.config import TrainConfig
-    from iounet.training.evaluation import evaluate_detections, evaluate_jittered, scatter_plot
+    from iounet.training.evaluation import evaluate_jittered, scatter_plot
 
     model, state = load_model(args.checkpoint, args.device)
     config = TrainConfig.from_dict(state["config"])
@@ -108,21 +185,34 @@ def _eval(args: argparse.Namespace) -> int:
     if args.plots:
         scatter_plot(args.plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
     if args.detections:
-        detections = json.loads(Path(args.detections).read_text())
-        detected = evaluate_detections(model, dataset, detections)
-        report["pearson"].update(
-            predicted_iou=detected.pearson,
-            classification=detected.score_pearson,
-            detection_boxes=len(detected.true),
+        from iounet.training.detection_eval import (
+            evaluate_detections_table,
+            format_table,
+            plot_curves,
         )
+        from iounet.training.evaluation import PredictorEvaluation
+
+        detections = json.loads(Path(args.detections).read_text())
+        table = evaluate_detections_table(model, dataset, detections)
+        report = {**table.as_json(), "pearson": {**report["pearson"], **table.pearson}}
+        print(format_table(table))
+        figures = table.pearson
         print(
-            f"detections with IoU > 0.5: {len(detected.true)}, Pearson predicted IoU "
-            f"{detected.pearson:.3f}, classification confidence {detected.score_pearson:.3f}"
+            f"detections with IoU > 0.5: {figures['boxes']}, Pearson predicted IoU "
+            f"{figures['predicted_iou']:.3f}, classification {figures['classification']:.3f}"
         )
         if args.plots:
+            detected = PredictorEvaluation(
+                torch.tensor(table.predicted_iou),
+                torch.tensor(table.true_iou),
+                table.pearson["predicted_iou"],
+                torch.tensor(table.scores),
+                table.pearson["classification"],
+            )
             scatter_plot(
                 args.plots / "pearson_detections.png", detected, "detector boxes, IoU > 0.5"
             )
+            plot_curves(table, args.plots)
     if args.json:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(report, indent=2) + "\n")

@@ -118,7 +118,7 @@ def evaluate_detections(
         boxes[:, 2:] += boxes[:, :2]
         boxes *= float(target["scale"])
         labels = torch.tensor([category_index[int(d["category_id"])] for d in items])
-        iou = _iou_with_same_class(boxes, labels, target["boxes"], target["labels"])
+        iou = iou_with_same_class(boxes, labels, target["boxes"], target["labels"])
         keep = iou > min_iou
         if not bool(keep.any()):
             continue
@@ -139,7 +139,7 @@ def evaluate_detections(
     )
 
 
-def _iou_with_same_class(
+def iou_with_same_class(
     boxes: Tensor, labels: Tensor, gt_boxes: Tensor, gt_labels: Tensor
 ) -> Tensor:
     if gt_boxes.shape[0] == 0 or boxes.shape[0] == 0:

@@ -8,6 +8,7 @@ another detector's FPN features and export can cut between them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ class ModelConfig:
         pool_size: PrRoIPool output size (7 in the paper).
         frozen_batchnorm: freeze BatchNorm statistics (use with pretrained weights).
         trainable_layers: ResNet stages trained, 0-5 (5: all of them).
+        frozen_backbone: train the head only, on a fixed backbone (e.g. a detector's FPN).
         canonical_size, canonical_level: the RoI-to-level rule of FPN, level
             floor(canonical_level + log2(sqrt(w * h) / canonical_size)) clamped to P2-P5.
     """
@@ -49,6 +51,7 @@ class ModelConfig:
     pool_size: int = 7
     frozen_batchnorm: bool = False
     trainable_layers: int = 5
+    frozen_backbone: bool = False
     canonical_size: float = 224.0
     canonical_level: int = 4
 
@@ -75,7 +78,8 @@ class FPNBackbone(nn.Module):
         if config.trainable_layers == 5:
             stages.append("bn1")
         for name, parameter in body.named_parameters():
-            parameter.requires_grad_(any(name.startswith(stage) for stage in stages))
+            trainable = any(name.startswith(stage) for stage in stages)
+            parameter.requires_grad_(trainable and not config.frozen_backbone)
         width = 512 if config.backbone in ("resnet18", "resnet34") else 2048
         self.fpn = BackboneWithFPN(
             body,
@@ -83,12 +87,34 @@ class FPNBackbone(nn.Module):
             in_channels_list=[width // 8, width // 4, width // 2, width],
             out_channels=config.fpn_channels,
         )
+        if config.frozen_backbone:
+            self.fpn.requires_grad_(False)
+        self.frozen = config.frozen_backbone
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
 
+    def train(self, mode: bool = True) -> FPNBackbone:
+        """A frozen backbone stays in eval mode (fixed BatchNorm statistics)."""
+        return super().train(mode and not self.frozen)
+
     def forward(self, images: Tensor) -> list[Tensor]:
-        maps = self.fpn((images - self.mean) / self.std)
+        with torch.no_grad() if self.frozen else contextlib.nullcontext():
+            maps = self.fpn((images - self.mean) / self.std)
         return [maps[key] for key in ("0", "1", "2", "3")]
+
+    def load_detector(self, state: dict[str, Tensor], source: str) -> None:
+        """Take the backbone of a torchvision detector (keys backbone.body.*, backbone.fpn.*)."""
+        weights = {
+            "fpn." + key.removeprefix("backbone."): value
+            for key, value in state.items()
+            if key.startswith("backbone.")
+        }
+        missing, unexpected = self.load_state_dict(weights, strict=False)
+        if missing or unexpected or not weights:
+            raise ValueError(
+                f"{source} does not fit this backbone: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
 
 
 def load_backbone_weights(body: nn.Module, path: str | Path) -> None:

@@ -124,7 +124,11 @@ def flip_batch(
 
 
 class Trainer:
-    """Trains an IoUNet on a COCO-format folder (`train/images`, `train/annotations.json`)."""
+    """Trains an IoUNet on a COCO-format folder (`train/images`, `train/annotations.json`).
+
+    Subclasses train other models on the same loop by overriding build_model, architecture and
+    compute_loss.
+    """
 
     def __init__(
         self,
@@ -159,8 +163,7 @@ class Trainer:
         )
         self.class_names = list(self.dataset.class_names)
         torch.manual_seed(config.seed)
-        self.model = IoUNet(config.model, len(self.class_names), weights).to(self.device)
-        use_fast_pooling(self.model, self.device)
+        self.model = self.build_model(weights).to(self.device)
         self.optimizer = torch.optim.SGD(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=config.optim.lr,
@@ -178,6 +181,35 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.parallel = DistributedDataParallel(self.model, device_ids=ids)
 
+    def build_model(self, weights: str | Path | None) -> nn.Module:
+        """The model to train, on the CPU."""
+        config = self.config
+        if config.model.frozen_backbone and not (config.backbone_from or weights):
+            raise ValueError("a frozen backbone needs backbone_from (a detector) or weights")
+        model = IoUNet(config.model, len(self.class_names), weights)
+        if config.backbone_from:
+            state = load_checkpoint(config.backbone_from)
+            model.backbone.load_detector(state["model"], config.backbone_from)
+        use_fast_pooling(model, self.device)
+        return model
+
+    def architecture(self) -> dict:
+        """What a checkpoint must match to be resumed or loaded into this model."""
+        return self.model.architecture()
+
+    def compute_loss(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
+    ) -> Tensor:
+        """Smooth-L1 between predicted and true normalized IoU of jittered boxes."""
+        config = self.config
+        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
+        rois, labels, ious = training_boxes(targets, sizes, config, generator)
+        batch = pad_images(images).to(self.device)
+        prediction = self.parallel(batch, rois.to(self.device), labels.to(self.device))
+        return nn.functional.smooth_l1_loss(
+            prediction.float(), to_target(ious.to(self.device)), beta=config.optim.smooth_l1_beta
+        )
+
     @property
     def last_checkpoint(self) -> Path:
         return self.out_dir / LAST_NAME
@@ -185,9 +217,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from the last checkpoint in out_dir; it must be from the same run setup."""
         state = load_checkpoint(self.last_checkpoint)
-        check_compatible(
-            state, self.model.architecture(), self.class_names, str(self.last_checkpoint)
-        )
+        check_compatible(state, self.architecture(), self.class_names, str(self.last_checkpoint))
         if state["config"] != self.config.to_dict():
             raise ValueError(
                 f"{self.last_checkpoint} was written with another config; "
@@ -202,7 +232,7 @@ class Trainer:
         """Everything a checkpoint holds."""
         return {
             "model": self.model.state_dict(),
-            "architecture": self.model.architecture(),
+            "architecture": self.architecture(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step,
@@ -223,22 +253,14 @@ class Trainer:
         images, targets = list(images), list(targets)
         if config.data.flip:
             flip_batch(images, targets, generator)
-        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
-        rois, labels, ious = training_boxes(targets, sizes, config, generator)
         for group in self.optimizer.param_groups:
             group["lr"] = config.optim.lr_at(self.step)
         self.model.train()
-        batch = pad_images(images).to(self.device)
         autocast = (
             torch.autocast("cuda", enabled=self.amp) if self.amp else contextlib.nullcontext()
         )
         with autocast:
-            prediction = self.parallel(batch, rois.to(self.device), labels.to(self.device))
-            loss = nn.functional.smooth_l1_loss(
-                prediction.float(),
-                to_target(ious.to(self.device)),
-                beta=config.optim.smooth_l1_beta,
-            )
+            loss = self.compute_loss(images, targets, generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)

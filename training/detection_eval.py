@@ -1,0 +1,315 @@
+"""The paper's evaluation on one set of raw detections: COCO AP after NMS, Soft-NMS, IoU-NMS
+and IoU-NMS + refinement (Tables 1-2), recall at IoU 0.5-0.95 (Fig. 7), AP per refinement
+iteration (Fig. 4) and the Pearson correlations of Fig. 2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from pycocotools.cocoeval import COCOeval
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from iounet.files import atomic_path
+from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
+from iounet.training.coco_dataset import CocoDetection
+from iounet.training.evaluation import iou_with_same_class, pearson
+from iounet.training.model import IoUNet, to_iou
+from iounet.training.trainer import pad_images
+
+METHODS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
+AP_KEYS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
+RECALL_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
+
+
+@dataclass
+class DetectionReport:
+    """Everything `iounet eval --detections` prints and writes (the JSON of `as_json`)."""
+
+    ap: dict[str, dict[str, float]]
+    recall: dict[str, dict[str, float]]
+    refine_iterations: list[dict[str, float]]
+    pearson: dict[str, float]
+    true_iou: list[float] = field(default_factory=list)
+    predicted_iou: list[float] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+
+    def as_json(self) -> dict:
+        return {
+            **self.ap,
+            "recall": self.recall,
+            "refine_iterations": self.refine_iterations,
+            "pearson": self.pearson,
+        }
+
+
+def head_objective(model: IoUNet, maps: list[Tensor], labels: Tensor) -> Callable:
+    """iou_and_grad for refine_boxes: the IoU head's prediction and its gradient (autograd)."""
+
+    def iou_and_grad(boxes: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            corners = boxes.detach().clone().requires_grad_()
+            rois = torch.cat([corners.new_zeros((len(corners), 1)), corners], dim=1)
+            iou = to_iou_smooth(model.head(maps, rois, labels))
+            (grad,) = torch.autograd.grad(iou.sum(), corners)
+        return iou.detach(), grad
+
+    return iou_and_grad
+
+
+def to_iou_smooth(t: Tensor) -> Tensor:
+    """IoU from the normalized prediction without clamping (keeps the gradient at the bounds)."""
+    return (t + 1) / 2
+
+
+@torch.no_grad()
+def evaluate_detections_table(
+    model: IoUNet,
+    dataset: CocoDetection,
+    detections: Iterable[dict],
+    *,
+    refine_top: int = 100,
+    refine_iterations: int = 5,
+    curve_iterations: int = 10,
+    nms_threshold: float = 0.5,
+) -> DetectionReport:
+    """Post-process raw COCO-format detections four ways and score each with COCOeval."""
+    by_image: dict[int, list[dict]] = {}
+    for detection in detections:
+        by_image.setdefault(int(detection["image_id"]), []).append(detection)
+    index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+    unknown = sorted(set(by_image) - set(index_of))
+    if unknown:
+        raise ValueError(f"detections name image ids not in the dataset: {unknown[:10]}")
+    results: dict[str, list[dict]] = {name: [] for name in METHODS}
+    raw_results: list[dict] = []
+    iteration_results: list[list[dict]] = [[] for _ in range(curve_iterations + 1)]
+    true_all, predicted_all, scores_all = [], [], []
+    device = next(model.parameters()).device
+    model.eval()
+    for image_id, items in by_image.items():
+        image, target = dataset[index_of[image_id]]
+        scale = float(target["scale"])
+        boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes = boxes * scale
+        height, width = image.shape[1:]
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        scores = torch.tensor([float(d["score"]) for d in items])
+        labels = torch.tensor([dataset.category_to_label[int(d["category_id"])] for d in items])
+        maps = model.backbone(pad_images([image]).to(device))
+        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1).to(device)
+        ious = to_iou(model.head(maps, rois, labels.to(device))).cpu()
+
+        true = iou_with_same_class(boxes, labels, target["boxes"], target["labels"])
+        matched = true > 0.5
+        true_all.append(true[matched])
+        predicted_all.append(ious[matched])
+        scores_all.append(scores[matched])
+
+        emit = _Emitter(dataset, image_id, scale)
+        emit(raw_results, boxes, scores, labels)
+        keep = nms(boxes, scores, labels, nms_threshold)
+        emit(results["nms"], boxes[keep], scores[keep], labels[keep])
+        soft_keep, soft_scores = soft_nms(boxes, scores, labels)
+        emit(results["soft_nms"], boxes[soft_keep], soft_scores, labels[soft_keep])
+        keep, kept_scores = iou_nms(boxes, scores, ious, labels, nms_threshold)
+        emit(results["iou_nms"], boxes[keep], kept_scores, labels[keep])
+
+        # Refine the refine_top most confident kept boxes; the others stay as they are.
+        order = torch.argsort(kept_scores, descending=True, stable=True)
+        kept_boxes, kept_labels = boxes[keep][order], labels[keep][order]
+        kept_scores = kept_scores[order]
+        trajectory = _trajectory(
+            model,
+            maps,
+            kept_boxes[:refine_top],
+            kept_labels[:refine_top],
+            (height, width),
+            curve_iterations,
+        )
+        for step, state in enumerate(trajectory):
+            moved = torch.cat([state, kept_boxes[refine_top:]])
+            emit(iteration_results[step], moved, kept_scores, kept_labels)
+        final = trajectory[min(refine_iterations, len(trajectory) - 1)]
+        final = torch.cat([final, kept_boxes[refine_top:]])
+        emit(results["iou_nms_refine"], final, kept_scores, kept_labels)
+
+    ap = {name: _coco_ap(dataset, results[name]) for name in METHODS}
+    curve = [_coco_ap(dataset, step_results) for step_results in iteration_results]
+    recall = {
+        "no_nms": _recall(dataset, raw_results),
+        "nms": _recall(dataset, results["nms"]),
+        "iou_nms": _recall(dataset, results["iou_nms"]),
+    }
+    true_iou, predicted, scores = (
+        torch.cat(x) if x else torch.zeros(0) for x in (true_all, predicted_all, scores_all)
+    )
+    return DetectionReport(
+        ap=ap,
+        recall=recall,
+        refine_iterations=[{"iteration": i, **values} for i, values in enumerate(curve)],
+        pearson={
+            "predicted_iou": pearson(predicted, true_iou),
+            "classification": pearson(scores, true_iou),
+            "boxes": int(true_iou.numel()),
+        },
+        true_iou=true_iou.tolist(),
+        predicted_iou=predicted.tolist(),
+        scores=scores.tolist(),
+    )
+
+
+def _trajectory(
+    model: IoUNet,
+    maps: list[Tensor],
+    boxes: Tensor,
+    labels: Tensor,
+    size: tuple[int, int],
+    iterations: int,
+) -> list[Tensor]:
+    """The boxes before and after each of `iterations` steps of Algorithm 2 (iterations + 1)."""
+    device = maps[0].device
+    objective = head_objective(model, maps, labels.to(device))
+    trajectory: list[Tensor] = []
+
+    def recording(current: Tensor) -> tuple[Tensor, Tensor]:
+        trajectory.append(current.detach().cpu())
+        return objective(current)
+
+    refine_boxes(boxes.to(device), recording, iterations=iterations, image_size=size)
+    return trajectory
+
+
+@dataclass
+class _Emitter:
+    """Appends one image's boxes (resized pixels) to a list of COCO results (original pixels)."""
+
+    dataset: CocoDetection
+    image_id: int
+    scale: float
+
+    def __call__(self, store: list[dict], boxes: Tensor, scores: Tensor, labels: Tensor) -> None:
+        store.extend(_coco_results(self.dataset, self.image_id, boxes / self.scale, scores, labels))
+
+
+def _coco_results(
+    dataset: CocoDetection, image_id: int, boxes: Tensor, scores: Tensor, labels: Tensor
+) -> list[dict]:
+    return [
+        {
+            "image_id": image_id,
+            "category_id": dataset.label_to_category[int(label)],
+            "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+            "score": float(score),
+        }
+        for b, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist(), strict=True)
+    ]
+
+
+def _coco_ap(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+    """AP (0.5:0.95) and AP at 0.5, 0.6, 0.7, 0.8, 0.9, as fractions (100 detections per image)."""
+    if not results:
+        return dict.fromkeys(AP_KEYS, 0.0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluation = COCOeval(dataset.coco, dataset.coco.loadRes(results), "bbox")
+        evaluation.params.imgIds = list(dataset.image_ids)
+        evaluation.evaluate()
+        evaluation.accumulate()
+    precision = evaluation.eval["precision"][
+        :, :, :, 0, -1
+    ]  # iou, recall, class; all areas, 100 dets
+
+    def mean_ap(index: slice | int) -> float:
+        values = precision[index]
+        values = values[values > -1]
+        return float(values.mean()) if values.size else 0.0
+
+    thresholds = evaluation.params.iouThrs
+    at = {round(float(t), 2): i for i, t in enumerate(thresholds)}
+    return {
+        "AP": mean_ap(slice(None)),
+        "AP50": mean_ap(at[0.5]),
+        "AP60": mean_ap(at[0.6]),
+        "AP70": mean_ap(at[0.7]),
+        "AP80": mean_ap(at[0.8]),
+        "AP90": mean_ap(at[0.9]),
+    }
+
+
+def _recall(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+    """Fraction of ground-truth boxes covered by a detection of their class at each IoU."""
+    best: list[float] = []
+    by_key: dict[tuple[int, int], list[list[float]]] = {}
+    for r in results:
+        by_key.setdefault((r["image_id"], r["category_id"]), []).append(r["bbox"])
+    for annotation in dataset.coco.loadAnns(dataset.coco.getAnnIds(imgIds=list(dataset.image_ids))):
+        if annotation.get("iscrowd", 0):
+            continue
+        found = by_key.get((annotation["image_id"], annotation["category_id"]), [])
+        if not found:
+            best.append(0.0)
+            continue
+        gt = torch.tensor([annotation["bbox"]], dtype=torch.float64)
+        det = torch.tensor(found, dtype=torch.float64)
+        gt[:, 2:] += gt[:, :2]
+        det[:, 2:] += det[:, :2]
+        best.append(float(box_iou(gt, det).max()))
+    values = np.array(best)
+    return {
+        f"{t:.2f}": float((values >= t).mean()) if values.size else 0.0 for t in RECALL_THRESHOLDS
+    }
+
+
+def plot_curves(report: DetectionReport, folder: Path) -> list[Path]:
+    """PNG plots of recall vs IoU threshold (Fig. 7) and AP per refinement iteration (Fig. 4)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    written = []
+    figure, axis = pyplot.subplots(figsize=(5, 4))
+    for name, values in report.recall.items():
+        axis.plot([float(t) for t in values], list(values.values()), marker="o", label=name)
+    axis.set_xlabel("IoU threshold")
+    axis.set_ylabel("recall")
+    axis.legend()
+    written.append(_save(figure, folder / "recall.png"))
+    figure, axis = pyplot.subplots(figsize=(5, 4))
+    steps = [entry["iteration"] for entry in report.refine_iterations]
+    for key in ("AP", "AP70", "AP90"):
+        axis.plot(steps, [entry[key] for entry in report.refine_iterations], marker="o", label=key)
+    axis.set_xlabel("refinement iteration")
+    axis.set_ylabel("AP")
+    axis.legend()
+    written.append(_save(figure, folder / "refine_iterations.png"))
+    return written
+
+
+def _save(figure, path: Path) -> Path:
+    from matplotlib import pyplot
+
+    figure.tight_layout()
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=110, format="png")
+    finally:
+        pyplot.close(figure)
+    return path
+
+
+def format_table(report: DetectionReport) -> str:
+    """The AP table (percent), one row per post-processing."""
+    lines = [f"{'method':<16}" + "".join(f"{key:>7}" for key in AP_KEYS)]
+    for name in METHODS:
+        lines.append(f"{name:<16}" + "".join(f"{100 * report.ap[name][k]:7.1f}" for k in AP_KEYS))
+    return "\n".join(lines)
