@@ -194,3 +194,35 @@ def test_frozen_backbone_without_a_source_is_refused(data, tmp_path):
     frozen = replace(TINY, model=replace(TINY.model, frozen_backbone=True))
     with pytest.raises(ValueError, match="frozen backbone"):
         Trainer(data, tmp_path / "run", frozen)
+
+
+def test_cli_train_detector_then_detect(data, tmp_path):
+    config = tmp_path / "detector.toml"
+    config.write_text(
+        'recipe = "detector-cpu-demo"\n'
+        "[model]\nfpn_channels = 8\nhead_dim = 16\n"
+        "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 16\nnum_workers = 0\n"
+        "[optim]\nbatch_size = 2\nsteps = 1\nwarmup_steps = 1\nlr_steps = [1]\n"
+    )
+    out = tmp_path / "detector"
+    arguments = ["train-detector", "--data", str(data), "--out", str(out), "--config", str(config)]
+    assert main([*arguments, "--no-progress"]) == 0
+    results = tmp_path / "raw.json"
+    detect = [
+        "detect",
+        "--checkpoint", str(out / "last.pt"),
+        "--images", str(data / "val" / "images"),
+        "--annotations", str(data / "val" / "annotations.json"),
+        "--out", str(results),
+    ]  # fmt: skip
+    assert main(detect) == 0
+    found = json.loads(results.read_text())
+    val_ids = {
+        image["id"]
+        for image in json.loads((data / "val" / "annotations.json").read_text())["images"]
+    }
+    for entry in found:
+        assert entry["image_id"] in val_ids and 1 <= entry["category_id"] <= 5
+        assert len(entry["bbox"]) == 4 and entry["bbox"][2] >= 0 and 0 <= entry["score"] <= 1
+    with pytest.raises(SystemExit, match="--force"):
+        main(detect)

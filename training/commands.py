@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -116,22 +117,12 @@ def _run_training(args: argparse.Namespace, trainer_class: type, default_recipe:
 
 def _detect(args: argparse.Namespace) -> int:
     from iounet.files import atomic_path
-    from iounet.training.coco_dataset import CocoDetection
-    from iounet.training.config import TrainConfig
     from iounet.training.detector import detect, load_detector
 
     if args.out.exists() and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to replace it")
     model, state = load_detector(args.checkpoint, args.device)
-    config = TrainConfig.from_dict(state["config"])
-    dataset = CocoDetection(
-        args.images, args.annotations, min_size=config.data.min_size, max_size=config.data.max_size
-    )
-    if list(dataset.class_names) != state["class_names"]:
-        raise SystemExit(
-            f"{args.annotations} has classes {list(dataset.class_names)}, "
-            f"the detector {state['class_names']}"
-        )
+    dataset = _dataset_like_checkpoint(args, state)
     results = []
     for index in range(len(dataset)):
         image, target = dataset[index]
@@ -159,20 +150,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     from iounet.files import atomic_path
     from iounet.training.checkpoint import load_model
-    from iounet.training.coco_dataset import CocoDetection
-    from iounet.training.config import TrainConfig
     from iounet.training.evaluation import evaluate_jittered, scatter_plot
 
     model, state = load_model(args.checkpoint, args.device)
-    config = TrainConfig.from_dict(state["config"])
-    dataset = CocoDetection(
-        args.images, args.annotations, min_size=config.data.min_size, max_size=config.data.max_size
-    )
-    if list(dataset.class_names) != state["class_names"]:
-        raise SystemExit(
-            f"{args.annotations} has classes {list(dataset.class_names)}, "
-            f"the checkpoint {state['class_names']}"
-        )
+    dataset = _dataset_like_checkpoint(args, state)
     report: dict = {}
     jittered = evaluate_jittered(model, dataset, max_images=args.max_images)
     report["pearson"] = {
@@ -217,3 +198,20 @@ def _eval(args: argparse.Namespace) -> int:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(report, indent=2) + "\n")
     return 0
+
+
+def _dataset_like_checkpoint(args: argparse.Namespace, state: dict) -> Any:
+    """The --images/--annotations dataset, sized as the checkpoint was trained, same classes."""
+    from iounet.training.coco_dataset import CocoDetection
+    from iounet.training.config import TrainConfig
+
+    config = TrainConfig.from_dict(state["config"])
+    dataset = CocoDetection(
+        args.images, args.annotations, min_size=config.data.min_size, max_size=config.data.max_size
+    )
+    if list(dataset.class_names) != state["class_names"]:
+        raise SystemExit(
+            f"{args.annotations} has classes {list(dataset.class_names)}, "
+            f"{args.checkpoint} {state['class_names']}"
+        )
+    return dataset

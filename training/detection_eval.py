@@ -17,10 +17,9 @@ from pycocotools.cocoeval import COCOeval
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from iounet.files import atomic_path
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
 from iounet.training.coco_dataset import CocoDetection
-from iounet.training.evaluation import iou_with_same_class, pearson
+from iounet.training.evaluation import iou_with_same_class, pearson, save_figure
 from iounet.training.model import IoUNet, to_iou
 from iounet.training.trainer import pad_images
 
@@ -283,7 +282,7 @@ def plot_curves(report: DetectionReport, folder: Path) -> list[Path]:
     axis.set_xlabel("IoU threshold")
     axis.set_ylabel("recall")
     axis.legend()
-    written.append(_save(figure, folder / "recall.png"))
+    written.append(save_figure(figure, folder / "recall.png"))
     figure, axis = pyplot.subplots(figsize=(5, 4))
     steps = [entry["iteration"] for entry in report.refine_iterations]
     for key in ("AP", "AP70", "AP90"):
@@ -291,20 +290,8 @@ def plot_curves(report: DetectionReport, folder: Path) -> list[Path]:
     axis.set_xlabel("refinement iteration")
     axis.set_ylabel("AP")
     axis.legend()
-    written.append(_save(figure, folder / "refine_iterations.png"))
+    written.append(save_figure(figure, folder / "refine_iterations.png"))
     return written
-
-
-def _save(figure, path: Path) -> Path:
-    from matplotlib import pyplot
-
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=110, format="png")
-    finally:
-        pyplot.close(figure)
-    return path
 
 
 def format_table(report: DetectionReport) -> str:

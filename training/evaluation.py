@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -169,10 +170,17 @@ def scatter_plot(path: str | Path, evaluation: PredictorEvaluation, title: str) 
         axis.set_ylim(0.0, 1.0)
         axis.set_title(f"{name}: Pearson {correlation:.3f}")
     figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def save_figure(figure: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically and close it."""
+    from matplotlib import pyplot
+
     figure.tight_layout()
     try:
         with atomic_path(path) as temporary:
             figure.savefig(temporary, dpi=110, format="png")
     finally:
         pyplot.close(figure)
-    return path
+    return Path(path)
