@@ -35,6 +35,7 @@ lint: $(INSTALLED)
 
 bench: $(INSTALLED) native
 	$(PY) benchmarks/prroi_pool_bench.py --boxes 100 512 1000
+	$(PY) benchmarks/nms_bench.py
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
