@@ -166,6 +166,7 @@ def _eval(args: argparse.Namespace) -> int:
     if args.plots:
         scatter_plot(args.plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
     if args.detections:
+        from iounet.runtime.detections import read_detections
         from iounet.training.detection_eval import (
             evaluate_detections_table,
             format_table,
@@ -173,7 +174,7 @@ def _eval(args: argparse.Namespace) -> int:
         )
         from iounet.training.evaluation import PredictorEvaluation
 
-        detections = json.loads(Path(args.detections).read_text())
+        detections = read_detections(args.detections)
         table = evaluate_detections_table(model, dataset, detections)
         report = {**table.as_json(), "pearson": {**report["pearson"], **table.pearson}}
         print(format_table(table))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +18,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
+from iounet.runtime.detections import check_known
 from iounet.training.coco_dataset import CocoDetection
 from iounet.training.evaluation import iou_with_same_class, pearson, save_figure
 from iounet.training.model import IoUNet, to_iou
@@ -72,7 +73,7 @@ def to_iou_smooth(t: Tensor) -> Tensor:
 def evaluate_detections_table(
     model: IoUNet,
     dataset: CocoDetection,
-    detections: Iterable[dict],
+    detections: list[dict],
     *,
     refine_top: int = 100,
     refine_iterations: int = 5,
@@ -84,9 +85,7 @@ def evaluate_detections_table(
     for detection in detections:
         by_image.setdefault(int(detection["image_id"]), []).append(detection)
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
-    unknown = sorted(set(by_image) - set(index_of))
-    if unknown:
-        raise ValueError(f"detections name image ids not in the dataset: {unknown[:10]}")
+    check_known(list(detections), set(index_of), set(dataset.category_to_label))
     results: dict[str, list[dict]] = {name: [] for name in METHODS}
     raw_results: list[dict] = []
     iteration_results: list[list[dict]] = [[] for _ in range(curve_iterations + 1)]

@@ -1,0 +1,68 @@
+"""Reading a detector's raw detections in COCO results format."""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Any
+
+
+def read_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Entries `{image_id, category_id, bbox: [x, y, w, h], score}` of a COCO results file.
+
+    Raises FileNotFoundError or ValueError naming the file (and the first bad entry).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"detections file not found: {path}")
+    try:
+        entries = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not JSON: {error}") from error
+    if not isinstance(entries, list):
+        raise ValueError(
+            f"{path} must hold a JSON list of detections, got {type(entries).__name__}"
+        )
+    for index, entry in enumerate(entries):
+        problem = _problem(entry)
+        if problem:
+            raise ValueError(f"{path}: detection {index} {problem}: {entry!r:.200}")
+    return entries
+
+
+def check_known(
+    detections: list[dict[str, Any]], image_ids: set[int], category_ids: set[int]
+) -> None:
+    """Raise ValueError when detections name images or categories the annotations do not have."""
+    images = sorted({d["image_id"] for d in detections} - image_ids)
+    if images:
+        raise ValueError(f"detections name image ids not in the annotations: {images[:10]}")
+    categories = sorted({d["category_id"] for d in detections} - category_ids)
+    if categories:
+        raise ValueError(f"detections name category ids not in the annotations: {categories[:10]}")
+
+
+def _problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "is not an object"
+    missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in entry]
+    if missing:
+        return f"lacks {missing}"
+    for key in ("image_id", "category_id"):
+        if isinstance(entry[key], bool) or not isinstance(entry[key], int):
+            return f"has a non-integer {key}"
+    box = entry["bbox"]
+    if not isinstance(box, list) or len(box) != 4 or not all(_finite(v) for v in box):
+        return "has a bbox that is not 4 finite numbers"
+    if box[2] < 0 or box[3] < 0:
+        return "has a negative bbox width or height"
+    if not _finite(entry["score"]):
+        return "has a score that is not a finite number"
+    return None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
