@@ -24,6 +24,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
+from iounet.plugins import native
+
 __all__ = ["iou_nms", "nms", "soft_nms"]
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -33,6 +35,8 @@ SOFT_NMS_METHODS = ("gaussian", "linear")
 # about this many boxes (its cost grows with the square of the boxes in one call); on other
 # devices it runs once on all classes.
 CPU_GROUP_SIZE = 256
+# iou_nms on the CPU uses the native library when it loads (tests switch it off to check both).
+USE_NATIVE = True
 # iou_nms compares each kept box with the suppressed boxes after it of its label, at most about
 # this many pairs at a time (a bound on memory: some 100 bytes a pair).
 PAIR_CHUNK = 2**18
@@ -78,9 +82,11 @@ def iou_nms(
     Returns ``keep``, int64 indices of the kept boxes in that order (decreasing ``ious``), and
     ``kept_scores``, their updated classification scores (dtype of ``scores``).
 
-    IoUs are computed in float64 (float32 on MPS), after moving each label's boxes by a multiple
-    of the coordinate range so that labels never meet (torchvision's coordinate trick). On a GPU
-    the threshold is rounded to float32, as torchvision's GPU kernels do.
+    On the CPU this runs in the native library when it is built (`make native`; IoUs in float64
+    on the raw coordinates). Otherwise IoUs are computed in float64 (float32 on MPS), after
+    moving each label's boxes by a multiple of the coordinate range so that labels never meet
+    (torchvision's coordinate trick); on a GPU the threshold is rounded to float32, as
+    torchvision's GPU kernels do.
     """
     _check_boxes(boxes)
     _check_scores("scores", scores, boxes)
@@ -89,6 +95,8 @@ def iou_nms(
     threshold = _check_fraction("iou_threshold", iou_threshold)
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device), scores[:0].clone()
+    if boxes.device.type == "cpu" and USE_NATIVE and native.available():
+        return native.iou_nms(boxes, scores, ious, labels, threshold)
     if boxes.device.type != "cpu":  # as torchvision's GPU kernels compare
         threshold = torch.tensor(threshold, dtype=torch.float32).item()
     entries, position, class_id, class_end = _class_major_order(ious, labels)

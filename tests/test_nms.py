@@ -11,6 +11,7 @@ from conftest import DEVICES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iounet.plugins import native
 from iounet.runtime import iou_nms, nms, soft_nms
 
 # The module, not the function of the same name that the package exports.
@@ -53,6 +54,15 @@ def literal_nms(boxes, scores, labels, threshold):
             and not (label[i] == label[best] and literal_iou(box[best], box[i]) > threshold)
         ]
     return keep
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def iou_nms_implementation(request, monkeypatch):
+    """Run every test with iou_nms on the native library and on the PyTorch path."""
+    if request.param == "native" and not native.available():
+        pytest.skip("native library not built")
+    monkeypatch.setattr(nms_module, "USE_NATIVE", request.param == "native")
+    return request.param
 
 
 def literal_iou_nms(boxes, scores, ious, labels, threshold):
