@@ -226,3 +226,22 @@ def test_cli_train_detector_then_detect(data, tmp_path):
         assert len(entry["bbox"]) == 4 and entry["bbox"][2] >= 0 and 0 <= entry["score"] <= 1
     with pytest.raises(SystemExit, match="--force"):
         main(detect)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_model(data, tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'recipe = "cpu-demo"\ncheckpoint_every = 2\n'
+        "[model]\nfpn_channels = 8\nhead_dim = 16\nfrozen_backbone = false\n"
+        "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 8\nnum_workers = 0\n"
+        "[optim]\nbatch_size = 4\nsteps = 3\nwarmup_steps = 1\nlr_steps = [2]\n"
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc-per-node", "2", "-m", "iounet.cli", "train"]
+    command += ["--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]
+    subprocess.run([*command, "--no-progress"], check=True, capture_output=True, timeout=300)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 3

@@ -179,7 +179,10 @@ class Trainer:
         self.parallel: nn.Module = self.model
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.parallel = DistributedDataParallel(self.model, device_ids=ids)
+            # FPN levels that no box of a step falls on get no gradient in that step.
+            self.parallel = DistributedDataParallel(
+                self.model, device_ids=ids, find_unused_parameters=True
+            )
 
     def build_model(self, weights: str | Path | None) -> nn.Module:
         """The model to train, on the CPU."""
