@@ -198,3 +198,9 @@ def test_native_autograd_function_matches_finite_differences():
         return native.prroi_pool_differentiable(features, rois, (2, 3), 0.9)
 
     assert torch.autograd.gradcheck(pool, (features, corners))
+
+
+def test_native_library_version_matches_the_package():
+    import iounet
+
+    assert native.library_version() == iounet.__version__

@@ -230,8 +230,3 @@ def to_iou(t: Tensor) -> Tensor:
 def to_target(iou: Tensor) -> Tensor:
     """IoU in [0, 1] -> the training target t = 2 * IoU - 1."""
     return 2 * iou - 1
-
-
-def parameter_count(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
