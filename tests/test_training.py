@@ -106,14 +106,20 @@ def test_config_file_overrides_a_recipe(tmp_path):
     assert TrainConfig.from_dict(config.to_dict()) == config
 
 
-def test_cli_train_then_eval(data, tmp_path, capsys):
-    config = tmp_path / "tiny.toml"
-    config.write_text(
+def _tiny_toml(batch_size: int, steps: int, lr_step: int) -> str:
+    """A TOML config of a tiny IoU-Net run with its own (trainable) backbone."""
+    return (
         'recipe = "cpu-demo"\ncheckpoint_every = 2\n'
         "[model]\nfpn_channels = 8\nhead_dim = 16\nfrozen_backbone = false\n"
         "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 8\nnum_workers = 0\n"
-        "[optim]\nbatch_size = 2\nsteps = 2\nwarmup_steps = 1\nlr_steps = [1]\n"
+        f"[optim]\nbatch_size = {batch_size}\nsteps = {steps}\nwarmup_steps = 1\n"
+        f"lr_steps = [{lr_step}]\n"
     )
+
+
+def test_cli_train_then_eval(data, tmp_path, capsys):
+    config = tmp_path / "tiny.toml"
+    config.write_text(_tiny_toml(batch_size=2, steps=2, lr_step=1))
     out = tmp_path / "run"
     arguments = ["train", "--data", str(data), "--out", str(out), "--config", str(config)]
     assert main([*arguments, "--no-progress"]) == 0
@@ -234,12 +240,7 @@ def test_torchrun_two_processes_train_one_model(data, tmp_path):
     import sys
 
     config = tmp_path / "tiny.toml"
-    config.write_text(
-        'recipe = "cpu-demo"\ncheckpoint_every = 2\n'
-        "[model]\nfpn_channels = 8\nhead_dim = 16\nfrozen_backbone = false\n"
-        "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 8\nnum_workers = 0\n"
-        "[optim]\nbatch_size = 4\nsteps = 3\nwarmup_steps = 1\nlr_steps = [2]\n"
-    )
+    config.write_text(_tiny_toml(batch_size=4, steps=3, lr_step=2))
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc-per-node", "2", "-m", "iounet.cli", "train"]
     command += ["--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]
