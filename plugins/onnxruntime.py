@@ -150,6 +150,32 @@ def _register_ops() -> None:
 
         return _defined(run, "PrRoIPoolCoordGrad", (_rows(rois), 5))
 
+    _return_arrays()
+
+
+def _return_arrays() -> None:
+    """Hand numeric results of Python ops to ONNX Runtime as flat arrays, not Python lists.
+
+    onnxruntime-extensions converts each result with ``tolist()`` (about 50 ns per element: 70 ms
+    for a (100, 256, 7, 7) PrRoIPool output); its native side takes any flat buffer of numbers,
+    so a flat float array is as correct and 20x faster. Other results keep the package's
+    conversion.
+    """
+    from onnxruntime_extensions._ocos import Opdef, PyCustomOpDef
+
+    def flat(result: Any) -> Any:
+        if isinstance(result, np.ndarray) and result.dtype.kind == "f":
+            return np.ascontiguousarray(result).reshape(-1)
+        return result.flatten().tolist()
+
+    def invoke(op_id: int, feed: Any, attributes: dict) -> tuple:
+        op = Opdef._odlist[op_id]
+        result = op.body(*feed, **op.cast_attributes(attributes))
+        outputs = result if isinstance(result, tuple) else (result,)
+        return (op_id, *(item for r in outputs for item in (r.shape, flat(r))))
+
+    PyCustomOpDef.install_hooker(invoke)
+
 
 def _defined(run: Callable[[], np.ndarray], op: str, fallback: tuple[int, ...]) -> np.ndarray:
     """run(), or an all-NaN array of shape `fallback` after logging why it failed."""
