@@ -1,0 +1,289 @@
+"""Checkpoint -> a model folder: the four ONNX graphs and ``manifest.json``.
+
+The folder appears complete or not at all: everything is written into a temporary folder beside
+it and renamed into place; an existing folder is replaced only with ``force``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from iounet._version import __version__
+from iounet.export.graphs import (
+    CUSTOM_DOMAIN,
+    CUSTOM_OPSET,
+    MAP_NAMES,
+    BackboneGraph,
+    HeadGraph,
+    IoUGradGraph,
+    RefineStepGraph,
+)
+from iounet.export.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    Manifest,
+    load_manifest,
+    sha256_file,
+)
+from iounet.runtime.backend import RefineParams
+from iounet.training.checkpoint import load_model
+from iounet.training.config import TrainConfig
+from iounet.training.model import FPN_STRIDES, IMAGE_MEAN, IMAGE_STD, IoUNet
+from iounet.training.trainer import SIZE_DIVISOR
+
+OPSET = 20
+#: The refinement state a step reads and writes, and its settings (inputs of refine_step).
+STEP_STATE = ("iou", "grad", "active")
+STEP_SETTINGS = ("step", "early_stop", "degrade_tolerance")
+#: Example sizes the graphs are traced with; every one of these dimensions stays dynamic.
+_EXAMPLE_IMAGE = (224, 288)
+_EXAMPLE_BOXES = 3
+
+
+def export_model(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    force: bool = False,
+    fp16: bool = False,
+    annotations: str | os.PathLike | None = None,
+) -> Manifest:
+    """Export the IoU-Net of `checkpoint` to the folder `out` (fp32 graphs, fp16 too if asked).
+
+    `annotations` (a COCO file) gives the category id of each class; without it the ids are
+    1..num_classes in the checkpoint's class order.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise FileExistsError(f"{out} exists: pass --force to replace it")
+    model, state = load_model(checkpoint)
+    categories = _categories(state["class_names"], annotations)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _staging_folder(out) as staging:
+        graphs = {"fp32": _export_graphs(model, staging, torch.float32, "")}
+        if fp16:
+            graphs["fp16"] = _export_graphs(model, staging, torch.float16, ".fp16")
+        config = TrainConfig.from_dict(state["config"])
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "versions": _versions(),
+            "opset": OPSET,
+            "custom_opsets": {CUSTOM_DOMAIN: CUSTOM_OPSET},
+            "categories": categories,
+            "fpn_strides": list(FPN_STRIDES),
+            "fpn_channels": model.config.fpn_channels,
+            "pool_size": model.config.pool_size,
+            "input": {
+                "layout": "NCHW",
+                "dtype": "float32",
+                "color": "RGB",
+                "range": [0.0, 1.0],
+                "mean": list(IMAGE_MEAN),
+                "std": list(IMAGE_STD),
+                "normalization": "inside the backbone graph",
+                "min_size": config.data.min_size,
+                "max_size": config.data.max_size,
+                "size_divisor": SIZE_DIVISOR,
+            },
+            "refinement": vars(RefineParams()),
+            "checkpoint": {
+                "file": Path(checkpoint).name,
+                "sha256": sha256_file(checkpoint),
+                "step": int(state["step"]),
+            },
+            "graphs": graphs,
+        }
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        load_manifest(staging)
+    return load_manifest(out)
+
+
+def _categories(class_names: list[str], annotations: str | os.PathLike | None) -> list[dict]:
+    if annotations is None:
+        return [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+    path = Path(annotations)
+    if not path.is_file():
+        raise FileNotFoundError(f"annotations not found: {path}")
+    try:
+        found = json.loads(path.read_text())["categories"]
+        ids = sorted((int(c["id"]), str(c["name"])) for c in found)
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} has no readable COCO categories: {error}") from error
+    names = [name for _, name in ids]
+    if names != list(class_names):
+        raise ValueError(f"{path} has classes {names}, the checkpoint {list(class_names)}")
+    return [{"id": cid, "name": name} for cid, name in ids]
+
+
+@contextlib.contextmanager
+def _staging_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` that takes `out`'s place when the block succeeds."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal folder's mode
+    try:
+        yield staging
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / out.name)
+            os.replace(staging, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export_graphs(model: IoUNet, folder: Path, dtype: torch.dtype, suffix: str) -> dict:
+    """Export the four graphs in `dtype` (boxes, labels and outputs stay float32/int64)."""
+    image = torch.rand(1, 3, *_EXAMPLE_IMAGE)
+    with torch.no_grad():
+        maps = tuple(m.to(dtype) for m in model.backbone(image))
+    backbone = BackboneGraph(copy.deepcopy(model.backbone), dtype).to(dtype).eval()
+    head = copy.deepcopy(model.head).to(dtype).eval()
+    rois, labels = _example_boxes(model.num_classes)
+    image_dims = {
+        2: torch.export.Dim("H", min=32, max=8192),
+        3: torch.export.Dim("W", min=32, max=8192),
+    }
+    map_dims = tuple(
+        {
+            2: torch.export.Dim(f"H{n[1]}", min=1, max=4096),
+            3: torch.export.Dim(f"W{n[1]}", min=1, max=4096),
+        }
+        for n in MAP_NAMES
+    )
+    boxes = torch.export.Dim("K", min=1, max=1 << 20)
+    head_inputs = (*maps, rois, labels)
+    head_dims = (*map_dims, {0: boxes}, {0: boxes})
+    step_inputs = (
+        *head_inputs,
+        torch.rand(_EXAMPLE_BOXES),
+        torch.randn(_EXAMPLE_BOXES, 4) * 1e-2,
+        torch.ones(_EXAMPLE_BOXES, dtype=torch.bool),
+        torch.tensor([288.0, 224.0, 288.0, 224.0]),
+        torch.tensor([0.5]),
+        torch.tensor([1e-3]),
+        torch.tensor([-1e-2]),
+    )
+    step_dims = (*head_dims, {0: boxes}, {0: boxes}, {0: boxes}, None, None, None, None)
+    names = list(MAP_NAMES)
+    specs = {
+        "backbone": (backbone, (image,), (image_dims,), ["image"], names),
+        "head": (HeadGraph(head), head_inputs, head_dims, [*names, "rois", "labels"], ["iou"]),
+        "iou_grad": (
+            IoUGradGraph(head),
+            head_inputs,
+            head_dims,
+            [*names, "rois", "labels"],
+            ["iou", "grad"],
+        ),
+        "refine_step": (
+            RefineStepGraph(head),
+            step_inputs,
+            step_dims,
+            [*names, "rois", "labels", *STEP_STATE, "upper", *STEP_SETTINGS],
+            ["rois_next", "iou_next", "grad_next", "active_next"],
+        ),
+    }
+    entries = {}
+    for role, (module, inputs, dims, input_names, output_names) in specs.items():
+        path = folder / f"{role}{suffix}.onnx"
+        _export_one(module.eval(), inputs, dims, input_names, output_names, path)
+        entries[role] = {"file": path.name, "sha256": sha256_file(path), **_signature(path)}
+    return entries
+
+
+def _example_boxes(num_classes: int) -> tuple[Tensor, Tensor]:
+    corners = torch.tensor([[8.0, 8.0, 40.0, 56.0], [20.0, 30.0, 200.0, 180.0], [0, 0, 280, 220]])
+    rois = torch.cat([torch.zeros(_EXAMPLE_BOXES, 1), corners[:_EXAMPLE_BOXES]], dim=1)
+    labels = torch.arange(_EXAMPLE_BOXES) % num_classes
+    return rois, labels
+
+
+def _export_one(
+    module: nn.Module,
+    inputs: tuple,
+    dims: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    path: Path,
+) -> None:
+    import onnx
+
+    with _quiet():
+        program = torch.onnx.export(
+            module,
+            inputs,
+            dynamo=True,
+            dynamic_shapes=dims,
+            input_names=input_names,
+            output_names=output_names,
+            opset_version=OPSET,
+            verbose=False,
+        )
+        program.save(str(path))
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    actual = [value.name for value in model.graph.input]
+    if actual != input_names:
+        raise RuntimeError(f"{path.name}: exported inputs {actual}, expected {input_names}")
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep the exporter's progress lines and warnings off the user's terminal."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            torch.no_grad(),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _signature(path: Path) -> dict[str, Any]:
+    """The graph's inputs and outputs: name, element type and shape (ints or dimension names)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def describe(value: Any) -> dict[str, Any]:
+        tensor = value.type.tensor_type
+        shape = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+        return {"name": value.name, "dtype": dtype, "shape": shape}
+
+    return {
+        "inputs": [describe(v) for v in model.graph.input],
+        "outputs": [describe(v) for v in model.graph.output],
+    }
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+
+    return {"iounet": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__}
