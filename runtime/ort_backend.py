@@ -1,0 +1,181 @@
+"""An exported model in ONNX Runtime: on the CPU (the default) or with the CUDA provider.
+
+The PrRoIPool nodes run on the native CPU kernels (``iounet.plugins.onnxruntime_session``); with
+the CUDA provider the rest of the graph runs on the GPU and ONNX Runtime moves the PrRoIPool
+inputs and outputs through host memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from iounet.export.graphs import MAP_NAMES
+from iounet.export.manifest import GRAPH_ROLES, Manifest, load_manifest
+from iounet.runtime.backend import Backend, Features, RefineParams
+
+if TYPE_CHECKING:
+    import onnxruntime
+
+DEVICES = ("cpu", "cuda")
+
+
+class OnnxRuntimeBackend(Backend):
+    """The four graphs of an exported model folder in ONNX Runtime sessions."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | Manifest,
+        device: str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        from iounet.plugins import onnxruntime_session
+
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+        manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
+        self.manifest = manifest
+        self.name = "ort" if device == "cpu" else "ort-cuda"
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                raise ValueError(
+                    "ONNX Runtime has no CUDA provider here: on a GPU machine install "
+                    "onnxruntime-gpu (`pip install -e .[gpu]`)"
+                )
+            providers.insert(0, "CUDAExecutionProvider")
+        self.device = torch.device(
+            "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
+        )
+        self.sessions = {
+            role: onnxruntime_session(
+                manifest.graph_path(role), sess_options=_options(threads), providers=providers
+            )
+            for role in GRAPH_ROLES
+        }
+
+    def features(self, image: Tensor) -> Features:
+        _check_image(image)
+        (p2, p3, p4, p5) = self.sessions["backbone"].run(None, {"image": _array(image)})
+        return {"p2": p2, "p3": p3, "p4": p4, "p5": p5}
+
+    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+        feeds = self._box_feeds(features, rois, labels)
+        if feeds is None:
+            return torch.zeros(0, device=self.device)
+        (iou,) = self.sessions["head"].run(None, feeds)
+        return self._tensor(iou)
+
+    def iou_and_grad(
+        self, features: Features, rois: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        feeds = self._box_feeds(features, rois, labels)
+        if feeds is None:
+            return torch.zeros(0, device=self.device), torch.zeros((0, 4), device=self.device)
+        iou, grad = self.sessions["iou_grad"].run(None, feeds)
+        return self._tensor(iou), self._tensor(grad)
+
+    def refine(
+        self,
+        features: Features,
+        boxes: Tensor,
+        labels: Tensor,
+        image_size: tuple[int, int],
+        params: RefineParams | None = None,
+        on_step: Callable[[int], None] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Algorithm 2 with the fused step graph: the loop only feeds each step's outputs back.
+
+        Stops early once no box is active (the result is the same as all iterations).
+        """
+        params = params or RefineParams()
+        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+        feeds = self._box_feeds(features, rois.float(), labels)
+        if feeds is None:
+            return boxes.to(self.device, torch.float32), torch.zeros(0, device=self.device)
+        iou, grad = self.sessions["iou_grad"].run(None, feeds)
+        if on_step is not None:
+            on_step(0)
+        height, width = (float(v) for v in image_size)
+        feeds.update(
+            iou=iou,
+            grad=grad,
+            active=np.ones(len(iou), dtype=bool),
+            upper=np.array([width, height, width, height], dtype=np.float32),
+            step=np.array([params.step], dtype=np.float32),
+            early_stop=np.array([params.early_stop], dtype=np.float32),
+            degrade_tolerance=np.array([params.degrade_tolerance], dtype=np.float32),
+        )
+        step = self.sessions["refine_step"]
+        for index in range(params.iterations):
+            if not feeds["active"].any():
+                break
+            out = step.run(None, feeds)
+            feeds.update(rois=out[0], iou=out[1], grad=out[2], active=out[3])
+            if on_step is not None:
+                on_step(index + 1)
+        return self._tensor(feeds["rois"][:, 1:]), self._tensor(feeds["iou"])
+
+    def _box_feeds(
+        self, features: Features, rois: Tensor, labels: Tensor
+    ) -> dict[str, np.ndarray] | None:
+        if rois.dim() != 2 or rois.shape[1] != 5:
+            raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
+        if labels.shape != (rois.shape[0],):
+            raise ValueError(
+                f"labels must have shape ({rois.shape[0]},), got {tuple(labels.shape)}"
+            )
+        if rois.shape[0] == 0:
+            return None
+        if labels.numel() and (
+            int(labels.min()) < 0 or int(labels.max()) >= self.manifest.num_classes
+        ):
+            raise ValueError(
+                f"labels must lie in [0, {self.manifest.num_classes - 1}] "
+                f"({self.manifest.num_classes} classes)"
+            )
+        feeds = {name: features[name] for name in MAP_NAMES}
+        feeds["rois"] = _array(rois)
+        feeds["labels"] = labels.detach().cpu().numpy().astype(np.int64)
+        return feeds
+
+    def _tensor(self, array: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)
+
+
+def _check_image(image: Tensor) -> None:
+    if not isinstance(image, Tensor):
+        raise TypeError(f"image must be a torch.Tensor, got {type(image).__name__}")
+    if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise ValueError(
+            f"image must have shape (1, 3, H, W) (one RGB image), got {tuple(image.shape)}"
+        )
+    if min(image.shape[2:]) < 32:
+        raise ValueError(f"image must be at least 32x32 pixels, got {tuple(image.shape[2:])}")
+
+
+def _array(tensor: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
+
+
+def _options(threads: int | None) -> onnxruntime.SessionOptions:
+    """Fresh session options (each session registers the custom-op library on its own).
+
+    ONNX Runtime's idle workers spin by default; they would take the cores from the native
+    PrRoIPool threads that run inside the graph (3.9 ms instead of 6.8 ms per IoU-and-gradient
+    call for 100 boxes on 2 cores with spinning off).
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return options
