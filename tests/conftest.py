@@ -21,3 +21,16 @@ DEVICES = [
         ],
     ),
 ]
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory):
+    """(checkpoint, model folder): a tiny IoU-Net exported with fp32 and fp16 graphs."""
+    from tiny_model import write_tiny_checkpoint
+
+    from iounet.export.onnx_export import export_model
+
+    root = tmp_path_factory.mktemp("exported")
+    checkpoint = write_tiny_checkpoint(root / "last.pt")
+    export_model(checkpoint, root / "model", fp16=True)
+    return checkpoint, root / "model"
