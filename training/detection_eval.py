@@ -18,10 +18,12 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
+from iounet.runtime.backend import Backend, Features
 from iounet.runtime.detections import check_known
+from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.coco_dataset import CocoDetection
 from iounet.training.evaluation import iou_with_same_class, pearson, save_figure
-from iounet.training.model import IoUNet, to_iou
+from iounet.training.model import IoUNet
 from iounet.training.trainer import pad_images
 
 METHODS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
@@ -52,26 +54,18 @@ class DetectionReport:
 
 def head_objective(model: IoUNet, maps: list[Tensor], labels: Tensor) -> Callable:
     """iou_and_grad for refine_boxes: the IoU head's prediction and its gradient (autograd)."""
+    backend = TorchBackend(model, maps[0].device)
 
     def iou_and_grad(boxes: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            corners = boxes.detach().clone().requires_grad_()
-            rois = torch.cat([corners.new_zeros((len(corners), 1)), corners], dim=1)
-            iou = to_iou_smooth(model.head(maps, rois, labels))
-            (grad,) = torch.autograd.grad(iou.sum(), corners)
-        return iou.detach(), grad
+        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+        return backend.iou_and_grad(maps, rois, labels)
 
     return iou_and_grad
 
 
-def to_iou_smooth(t: Tensor) -> Tensor:
-    """IoU from the normalized prediction without clamping (keeps the gradient at the bounds)."""
-    return (t + 1) / 2
-
-
 @torch.no_grad()
 def evaluate_detections_table(
-    model: IoUNet,
+    backend: Backend | IoUNet,
     dataset: CocoDetection,
     detections: list[dict],
     *,
@@ -80,7 +74,13 @@ def evaluate_detections_table(
     curve_iterations: int = 10,
     nms_threshold: float = 0.5,
 ) -> DetectionReport:
-    """Post-process raw COCO-format detections four ways and score each with COCOeval."""
+    """Post-process raw COCO-format detections four ways and score each with COCOeval.
+
+    `backend` runs the backbone, the IoU head and the refinement objective (an ``IoUNet`` runs
+    as the PyTorch backend).
+    """
+    if isinstance(backend, IoUNet):
+        backend = TorchBackend(backend, next(backend.parameters()).device)
     by_image: dict[int, list[dict]] = {}
     for detection in detections:
         by_image.setdefault(int(detection["image_id"]), []).append(detection)
@@ -90,8 +90,7 @@ def evaluate_detections_table(
     raw_results: list[dict] = []
     iteration_results: list[list[dict]] = [[] for _ in range(curve_iterations + 1)]
     true_all, predicted_all, scores_all = [], [], []
-    device = next(model.parameters()).device
-    model.eval()
+    device = backend.device
     for image_id, items in by_image.items():
         image, target = dataset[index_of[image_id]]
         scale = float(target["scale"])
@@ -103,9 +102,9 @@ def evaluate_detections_table(
         boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
         scores = torch.tensor([float(d["score"]) for d in items])
         labels = torch.tensor([dataset.category_to_label[int(d["category_id"])] for d in items])
-        maps = model.backbone(pad_images([image]).to(device))
+        maps = backend.features(pad_images([image]).to(device))
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1).to(device)
-        ious = to_iou(model.head(maps, rois, labels.to(device))).cpu()
+        ious = backend.iou(maps, rois, labels.to(device)).cpu()
 
         true = iou_with_same_class(boxes, labels, target["boxes"], target["labels"])
         matched = true > 0.5
@@ -127,7 +126,7 @@ def evaluate_detections_table(
         kept_boxes, kept_labels = boxes[keep][order], labels[keep][order]
         kept_scores = kept_scores[order]
         trajectory = _trajectory(
-            model,
+            backend,
             maps,
             kept_boxes[:refine_top],
             kept_labels[:refine_top],
@@ -167,23 +166,23 @@ def evaluate_detections_table(
 
 
 def _trajectory(
-    model: IoUNet,
-    maps: list[Tensor],
+    backend: Backend,
+    maps: Features,
     boxes: Tensor,
     labels: Tensor,
     size: tuple[int, int],
     iterations: int,
 ) -> list[Tensor]:
     """The boxes before and after each of `iterations` steps of Algorithm 2 (iterations + 1)."""
-    device = maps[0].device
-    objective = head_objective(model, maps, labels.to(device))
+    labels = labels.to(backend.device)
     trajectory: list[Tensor] = []
 
     def recording(current: Tensor) -> tuple[Tensor, Tensor]:
         trajectory.append(current.detach().cpu())
-        return objective(current)
+        rois = torch.cat([current.new_zeros((len(current), 1)), current], dim=1)
+        return backend.iou_and_grad(maps, rois, labels)
 
-    refine_boxes(boxes.to(device), recording, iterations=iterations, image_size=size)
+    refine_boxes(boxes.to(backend.device), recording, iterations=iterations, image_size=size)
     return trajectory
 
 
