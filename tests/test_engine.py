@@ -1,0 +1,705 @@
+"""TensorRT engines: argument parsing, profiles, building (with a fake TensorRT), metadata checks,
+and on a GPU with TensorRT the TensorRT backend against ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import CLASSES, write_tiny_checkpoint
+
+from iounet import cli
+from iounet.export import engine
+from iounet.export.engine import (
+    build_engines,
+    check_engine_metadata,
+    check_within_profile,
+    engine_profiles,
+    load_engine_metadata,
+    parse_image_size,
+    parse_range,
+)
+from iounet.export.manifest import GRAPH_ROLES, load_manifest, sha256_file
+from iounet.runtime.backend import Backend, RefineParams
+
+CHANNELS = 8
+MAPS = {"p2": 4, "p3": 8, "p4": 16, "p5": 32}
+BOX_TENSORS = {"rois": ["K", 5], "labels": ["K"], "iou": ["K"], "grad": ["K", 4], "active": ["K"]}
+SCALARS = {"step": [1], "early_stop": [1], "degrade_tolerance": [1]}
+GRAPH_INPUTS = {
+    "backbone": {"image": [1, 3, "H", "W"]},
+    "head": {
+        **{name: [1, CHANNELS, f"H{name[1]}", f"W{name[1]}"] for name in MAPS},
+        "rois": ["K", 5],
+        "labels": ["K"],
+    },
+}
+GRAPH_INPUTS["iou_grad"] = GRAPH_INPUTS["head"]
+GRAPH_INPUTS["refine_step"] = {**GRAPH_INPUTS["head"], **BOX_TENSORS, "upper": [4], **SCALARS}
+BOXES = (1, 100, 1000)
+SIZES = ((33, 65), (100, 200), (257, 513))
+
+
+def fake_model(folder: Path, precisions: tuple[str, ...] = ("fp32",)) -> Path:
+    """A model folder whose graph files are JSON lists of inputs (what the fake parser reads)."""
+    folder.mkdir(parents=True)
+    graphs = {}
+    for precision in precisions:
+        graphs[precision] = {}
+        for role, inputs in GRAPH_INPUTS.items():
+            file = f"{role}.onnx" if precision == "fp32" else f"{role}.{precision}.onnx"
+            network = [
+                {"name": n, "shape": [d if isinstance(d, int) else -1 for d in s]}
+                for n, s in inputs.items()
+            ]
+            (folder / file).write_text(json.dumps(network))
+            graphs[precision][role] = {
+                "file": file,
+                "sha256": sha256_file(folder / file),
+                "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in inputs.items()],
+                "outputs": [],
+            }
+    manifest = {
+        "format": "iounet-model",
+        "format_version": 1,
+        "categories": [{"id": 1, "name": "thing"}],
+        "fpn_strides": list(MAPS.values()),
+        "graphs": graphs,
+        "input": {},
+        "refinement": {},
+        "versions": {},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+class FakeTensorRT(types.ModuleType):
+    """Just enough of the tensorrt module for build_engines; records what it is asked to do."""
+
+    __version__ = "10.99.1"
+
+    def __init__(self) -> None:
+        super().__init__("tensorrt")
+        self.builds: list[dict] = []
+        self.cache_given: list[bytes] = []
+        fake = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, severity: int) -> None:
+                self.severity = severity
+
+        class Network:
+            def __init__(self, flags: int) -> None:
+                self.flags = flags
+                self.inputs: list[types.SimpleNamespace] = []
+
+            @property
+            def num_inputs(self) -> int:
+                return len(self.inputs)
+
+            def get_input(self, index: int) -> types.SimpleNamespace:
+                return self.inputs[index]
+
+        class OnnxParser:
+            def __init__(self, network: Network, logger: Logger) -> None:
+                self.network, self.errors = network, []
+
+            def parse_from_file(self, path: str) -> bool:
+                try:
+                    inputs = json.loads(Path(path).read_text())
+                except ValueError:
+                    self.errors = ["In node 3 (importPrRoIPool): UNSUPPORTED_NODE"]
+                    return False
+                self.network.file = Path(path).name
+                self.network.inputs = [types.SimpleNamespace(**i) for i in inputs]
+                return True
+
+            @property
+            def num_errors(self) -> int:
+                return len(self.errors)
+
+            def get_error(self, index: int) -> str:
+                return self.errors[index]
+
+        class Profile(dict):
+            def set_shape(self, name: str, low: list, opt: list, high: list) -> None:
+                self[name] = (list(low), list(opt), list(high))
+
+        class Cache:
+            def __init__(self, data: bytes) -> None:
+                self.data = data
+
+            def serialize(self) -> bytes:
+                return self.data + b"+"
+
+        class Config:
+            def __init__(self) -> None:
+                self.workspace, self.cache, self.profiles, self.cleared = None, None, [], []
+
+            def clear_flag(self, flag: str) -> None:
+                self.cleared.append(flag)
+
+            def set_memory_pool_limit(self, pool: str, size: int) -> None:
+                assert pool == "workspace"
+                self.workspace = size
+
+            def create_timing_cache(self, data: bytes) -> Cache:
+                fake.cache_given.append(data)
+                return Cache(data)
+
+            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
+                self.cache = cache
+                return True
+
+            def add_optimization_profile(self, profile: Profile) -> None:
+                self.profiles.append(dict(profile))
+
+        class Builder:
+            def __init__(self, logger: Logger) -> None:
+                pass
+
+            def create_network(self, flags: int) -> Network:
+                return Network(flags)
+
+            def create_builder_config(self) -> Config:
+                return Config()
+
+            def create_optimization_profile(self) -> Profile:
+                return Profile()
+
+            def build_serialized_network(self, network: Network, config: Config) -> bytes:
+                fake.builds.append(
+                    {
+                        "file": network.file,
+                        "flags": network.flags,
+                        "profiles": config.profiles,
+                        "workspace": config.workspace,
+                        "cache": config.cache,
+                        "cleared": config.cleared,
+                    }
+                )
+                return f"engine {len(fake.builds)} of {network.file}".encode()
+
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+        self.BuilderFlag = types.SimpleNamespace(TF32="tf32")
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(engine, "load_plugin_library", lambda: Path("/fake/libplugin.so"))
+    monkeypatch.setattr(engine, "plugin_library_version", lambda path: "0.1.0")
+    return fake
+
+
+@pytest.fixture
+def built(fake_trt, tmp_path):
+    """A fake model folder with fp32 engines from the fake TensorRT."""
+    model = fake_model(tmp_path / "model")
+    build_engines(model, "fp32", BOXES, SIZES)
+    return model
+
+
+# --- arguments ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7", (7, 7, 7)),
+        ("1:100:1000", (1, 100, 1000)),
+        ("5:5:9", (5, 5, 9)),
+        (" 2:3:4 ", (2, 3, 4)),
+    ],
+)
+def test_parse_range_accepts(text, expected):
+    assert parse_range(text, "--boxes") == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "0", "-1", "1.5", "a", "1:2", "1:2:3:4", "3:2:1", "1:5:4", "0:1:2", "1::3"]
+)
+def test_parse_range_rejects_naming_the_argument(text):
+    with pytest.raises(ValueError, match=r"^--boxes"):
+        parse_range(text, "--boxes")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("480x640", ((480, 640), (480, 640), (480, 640))),
+        ("320x320:640X480:800x1333", ((320, 320), (640, 480), (800, 1333))),
+    ],
+)
+def test_parse_image_size_accepts(text, expected):
+    assert parse_image_size(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("640", "HxW"),
+        ("axb", "HxW"),
+        ("10x10:20x20", "HxW"),
+        ("0x10", "positive"),
+        ("10x10:5x20:30x30", "heights"),
+        ("10x10:20x5:30x30", "widths"),
+        ("10x10:20x20:30x30:40x40", "HxW"),
+    ],
+)
+def test_parse_image_size_rejects(text, problem):
+    with pytest.raises(ValueError, match=f"--image-size.*{problem}"):
+        parse_image_size(text)
+
+
+# --- profiles ----------------------------------------------------------------------------------
+
+
+def test_profiles_follow_the_image_size_and_box_ranges(tmp_path):
+    manifest = load_manifest(fake_model(tmp_path / "model"))
+    assert engine_profiles(manifest, "backbone", BOXES, SIZES) == {
+        "image": ([1, 3, 33, 65], [1, 3, 100, 200], [1, 3, 257, 513])
+    }
+    head = engine_profiles(manifest, "head", BOXES, SIZES)
+    assert head["p2"] == ([1, 8, 9, 17], [1, 8, 25, 50], [1, 8, 65, 129])
+    assert head["p3"] == ([1, 8, 5, 9], [1, 8, 13, 25], [1, 8, 33, 65])
+    assert head["p5"] == ([1, 8, 2, 3], [1, 8, 4, 7], [1, 8, 9, 17])
+    assert head["rois"] == ([1, 5], [100, 5], [1000, 5])
+    assert head["labels"] == ([1], [100], [1000])
+    step = engine_profiles(manifest, "refine_step", (3, 3, 3), SIZES)
+    assert set(step) == set(GRAPH_INPUTS["refine_step"])
+    assert step["grad"] == ([3, 4], [3, 4], [3, 4])
+    assert step["active"] == ([3], [3], [3])
+    assert step["upper"] == ([4], [4], [4])
+    assert step["degrade_tolerance"] == ([1], [1], [1])
+    assert engine_profiles(manifest, "iou_grad", BOXES, SIZES) == head
+
+
+def test_profiles_refuse_unknown_dynamic_dimensions(tmp_path):
+    manifest = load_manifest(fake_model(tmp_path / "model"))
+    manifest.graph("refine_step")["inputs"][-1]["shape"] = ["S"]
+    with pytest.raises(ValueError, match="refine_step input degrade_tolerance"):
+        engine_profiles(manifest, "refine_step", BOXES, SIZES)
+
+
+# --- building with a fake TensorRT -------------------------------------------------------------
+
+
+def test_build_writes_engines_and_metadata(fake_trt, tmp_path):
+    model = fake_model(tmp_path / "model")
+    cache = tmp_path / "timing.cache"
+    cache.write_bytes(b"old")
+    folder = build_engines(model, "fp32", BOXES, SIZES, workspace_mb=64, timing_cache=cache)
+
+    assert folder == model / "engines" / "fp32"
+    assert sorted(p.name for p in (model / "engines").iterdir()) == ["fp32"]  # nothing left over
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{role}.engine" for role in GRAPH_ROLES] + ["engines.json"]
+    )
+    assert [b["file"] for b in fake_trt.builds] == [f"{role}.onnx" for role in GRAPH_ROLES]
+    assert {b["flags"] for b in fake_trt.builds} == {1 << 3}
+    assert {b["workspace"] for b in fake_trt.builds} == {64 << 20}
+    assert all(b["cleared"] == ["tf32"] for b in fake_trt.builds)  # fp32 is not TensorFloat-32
+    # One profile per engine, set for the inputs with dynamic dimensions only.
+    assert all(len(b["profiles"]) == 1 for b in fake_trt.builds)
+    step_profile = fake_trt.builds[3]["profiles"][0]
+    assert set(step_profile) == set(GRAPH_INPUTS["refine_step"]) - {"upper", *SCALARS}
+    assert step_profile["rois"] == ([1, 5], [100, 5], [1000, 5])
+    assert fake_trt.builds[0]["profiles"][0] == {
+        "image": ([1, 3, 33, 65], [1, 3, 100, 200], [1, 3, 257, 513])
+    }
+    # One timing cache, read from the file, shared, and written back.
+    assert fake_trt.cache_given == [b"old"]
+    assert len({id(b["cache"]) for b in fake_trt.builds}) == 1
+    assert cache.read_bytes() == b"old+"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "timing.cache"]
+
+    metadata = json.loads((folder / "engines.json").read_text())
+    assert metadata["precision"] == "fp32"
+    assert metadata["versions"] == {
+        "tensorrt": "10.99.1",
+        "plugin_library": "0.1.0",
+        "iounet": engine.__version__,
+    }
+    assert metadata["boxes"] == [1, 100, 1000]
+    assert metadata["image_size"] == [[33, 65], [100, 200], [257, 513]]
+    manifest = load_manifest(model)
+    for index, role in enumerate(GRAPH_ROLES):
+        entry = metadata["engines"][role]
+        data = (folder / entry["file"]).read_bytes()
+        assert data == f"engine {index + 1} of {role}.onnx".encode()
+        assert entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["onnx"] == {
+            "file": f"{role}.onnx",
+            "sha256": manifest.graph(role)["sha256"],
+        }
+    assert metadata["engines"]["refine_step"]["profile"]["upper"] == {
+        "min": [4],
+        "opt": [4],
+        "max": [4],
+    }
+    assert load_engine_metadata(folder) == metadata
+
+
+def test_build_without_timing_cache_or_workspace_sets_neither(fake_trt, tmp_path):
+    build_engines(fake_model(tmp_path / "model"), "fp32", BOXES, SIZES)
+    assert [(b["workspace"], b["cache"]) for b in fake_trt.builds] == [(None, None)] * 4
+    assert fake_trt.cache_given == []
+
+
+def test_existing_engines_need_force_and_a_failed_build_keeps_them(fake_trt, built):
+    folder = built / "engines" / "fp32"
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(FileExistsError, match="--force"):
+        build_engines(built, "fp32", BOXES, SIZES)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+    # A graph TensorRT cannot parse: the error names it, the old engines stay, nothing is left.
+    bad = built / "refine_step.onnx"
+    bad.write_bytes(b"\x08not json")
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["graphs"]["fp32"]["refine_step"]["sha256"] = sha256_file(bad)
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"refine_step\.onnx: In node 3 \(importPrRoIPool\)"):
+        build_engines(built, "fp32", BOXES, SIZES, force=True)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in (built / "engines").iterdir()) == ["fp32"]
+
+
+def test_force_replaces_the_engines(fake_trt, built):
+    folder = build_engines(built, "fp32", (2, 4, 8), SIZES, force=True)
+    assert (folder / "backbone.engine").read_bytes() == b"engine 5 of backbone.onnx"
+    assert load_engine_metadata(folder)["boxes"] == [2, 4, 8]
+    assert sorted(p.name for p in (built / "engines").iterdir()) == ["fp32"]
+
+
+def test_fp16_engines_come_from_the_fp16_graphs(fake_trt, tmp_path):
+    with pytest.raises(ValueError, match="iounet export --fp16"):
+        build_engines(fake_model(tmp_path / "fp32-only"), "fp16", BOXES, SIZES)
+    model = fake_model(tmp_path / "model", ("fp32", "fp16"))
+    folder = build_engines(model, "fp16", BOXES, SIZES)
+    assert folder == model / "engines" / "fp16"
+    assert [b["file"] for b in fake_trt.builds] == [f"{r}.fp16.onnx" for r in GRAPH_ROLES]
+    assert all(b["cleared"] == [] for b in fake_trt.builds)
+    metadata = load_engine_metadata(folder)
+    assert metadata["precision"] == "fp16"
+    assert metadata["engines"]["head"]["onnx"]["file"] == "head.fp16.onnx"
+
+
+def test_bad_workspace_is_refused(fake_trt, tmp_path):
+    with pytest.raises(ValueError, match="workspace"):
+        build_engines(fake_model(tmp_path / "model"), "fp32", BOXES, SIZES, workspace_mb=0)
+
+
+# --- metadata checks ---------------------------------------------------------------------------
+
+
+def _check(model: Path, **versions: str) -> None:
+    manifest = load_manifest(model)
+    metadata = load_engine_metadata(model / "engines" / "fp32")
+    arguments = {"tensorrt_version": "10.99.1", "plugin_version": "0.1.0", **versions}
+    check_engine_metadata(metadata, manifest=manifest, **arguments)
+
+
+def test_matching_engines_pass(built):
+    _check(built)
+
+
+def test_other_tensorrt_or_plugin_version_is_refused(built):
+    with pytest.raises(ValueError, match=r"engines\.json.*TensorRT 10\.99\.1, this is TensorRT 11"):
+        _check(built, tensorrt_version="11.0.0")
+    with pytest.raises(ValueError, match=r"plugin library 0\.1\.0, the loaded one is 0\.2\.0"):
+        _check(built, plugin_version="0.2.0")
+
+
+def test_engines_of_another_export_are_refused(built):
+    (built / "head.onnx").write_text(json.dumps([{"name": "image", "shape": [1, 3, 8, 8]}]))
+    manifest = json.loads((built / "manifest.json").read_text())
+    manifest["graphs"]["fp32"]["head"]["sha256"] = sha256_file(built / "head.onnx")
+    (built / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match=r"head engine was built from another export.*--force"):
+        _check(built)
+
+
+def test_missing_or_corrupt_engine_files_are_refused(built):
+    folder = built / "engines" / "fp32"
+    (folder / "iou_grad.engine").write_bytes(b"engine 3 of iou_grad.onnx, changed")
+    with pytest.raises(ValueError, match=r"iou_grad\.engine does not match its sha256"):
+        _check(built)
+    (folder / "iou_grad.engine").unlink()
+    with pytest.raises(ValueError, match=r"iou_grad\.engine, which is missing"):
+        _check(built)
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda m: "{not json", "not valid JSON"),
+        (lambda m: [], "JSON object"),
+        (lambda m: {**m, "format": "other"}, "format"),
+        (lambda m: {**m, "precision": "int8"}, "precision"),
+        (lambda m: {**m, "versions": {"tensorrt": "10"}}, "versions"),
+        (lambda m: {**m, "boxes": [1, 2]}, "boxes"),
+        (lambda m: {**m, "image_size": [[1, 2]]}, "image_size"),
+        (lambda m: {**m, "engines": {"head": m["engines"]["head"]}}, "engines must hold"),
+        (
+            lambda m: {**m, "engines": {**m["engines"], "head": {"file": "../head.engine"}}},
+            "engines.head needs",
+        ),
+        (
+            lambda m: {
+                **m,
+                "engines": {
+                    **m["engines"],
+                    "head": {**m["engines"]["head"], "profile": {"rois": {"min": [1]}}},
+                },
+            },
+            "engines.head needs",
+        ),
+    ],
+)
+def test_malformed_metadata_is_refused(built, edit, problem):
+    path = built / "engines" / "fp32" / "engines.json"
+    edited = edit(json.loads(path.read_text()))
+    path.write_text(edited if isinstance(edited, str) else json.dumps(edited))
+    with pytest.raises(ValueError, match=f"engines\\.json.*{problem}"):
+        load_engine_metadata(path.parent)
+
+
+def test_missing_metadata_says_how_to_build(tmp_path):
+    with pytest.raises(FileNotFoundError, match="iounet build-engine"):
+        load_engine_metadata(tmp_path)
+
+
+# --- profile limits ----------------------------------------------------------------------------
+
+
+def test_shapes_within_the_profile_pass(built):
+    metadata = load_engine_metadata(built / "engines" / "fp32")
+    check_within_profile(metadata, "backbone", "image", (1, 3, 33, 513))
+    check_within_profile(metadata, "head", "rois", (1000, 5))
+    check_within_profile(metadata, "head", "p2", (1, 8, 65, 17))
+    check_within_profile(metadata, "refine_step", "upper", (4,))
+
+
+@pytest.mark.parametrize(
+    ("role", "name", "shape", "message"),
+    [
+        (
+            "head",
+            "rois",
+            (42000, 5),
+            "42000 boxes exceed the engine's profile (max 1000); rebuild with --boxes",
+        ),
+        ("refine_step", "active", (1001,), "1001 boxes exceed the engine's profile (max 1000)"),
+        ("head", "labels", (0,), "0 boxes are fewer than the engine's profile allows (min 1)"),
+        (
+            "backbone",
+            "image",
+            (1, 3, 600, 200),
+            "image size 600x200 is outside the engine's profile (min 33x65, max 257x513); "
+            "rebuild with --image-size",
+        ),
+        ("backbone", "image", (1, 3, 32, 100), "image size 32x100 is outside"),
+        ("iou_grad", "p4", (1, 8, 1, 10), "feature map p4 size 1x10 is outside"),
+        ("backbone", "image", (2, 3, 64, 64), "image of shape (2, 3, 64, 64) is outside"),
+        ("head", "rois", (10, 4), "rois of shape (10, 4) is outside the head engine's profile"),
+        ("refine_step", "upper", (2,), "upper of shape (2,) is outside"),
+        ("head", "rois", (10,), "rois has shape (10,), the head engine expects 2 dims"),
+        ("head", "upper", (4,), "the head engine has no input 'upper'"),
+    ],
+)
+def test_shapes_outside_the_profile_are_refused(built, role, name, shape, message):
+    metadata = load_engine_metadata(built / "engines" / "fp32")
+    with pytest.raises(ValueError) as error:
+        check_within_profile(metadata, role, name, shape)
+    assert str(error.value).startswith(message)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def test_cli_without_tensorrt_says_what_to_install(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails
+    model = fake_model(tmp_path / "model")
+    argv = ["build-engine", str(model), "--boxes", "1:10:100", "--image-size", "64x64"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("iounet build-engine: TensorRT is not installed")
+    assert "pip install -e .[gpu]" in error
+    assert error.count("\n") == 1 and "Traceback" not in error
+    assert not (model / "engines" / "fp32").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "problem"),
+    [("--boxes", "10:1:100", "--boxes must have min <= opt <= max"), ("--image-size", "64", "HxW")],
+)
+def test_cli_bad_ranges_are_one_line(tmp_path, capsys, option, value, problem):
+    arguments = {"--boxes": "1:10:100", "--image-size": "64x64", option: value}
+    argv = ["build-engine", str(tmp_path), *[x for pair in arguments.items() for x in pair]]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("iounet build-engine: ") and problem in error
+    assert error.count("\n") == 1
+
+
+def test_cli_builds_with_the_given_settings(fake_trt, tmp_path, capsys):
+    model = fake_model(tmp_path / "model", ("fp32", "fp16"))
+    cache = tmp_path / "cache.bin"
+    argv = ["build-engine", str(model), "--precision", "fp16", "--boxes", "8"]
+    argv += ["--image-size", "64x96:128x128:256x320", "--workspace", "32"]
+    argv += ["--timing-cache", str(cache)]
+    assert cli.main(argv) == 0
+    assert str(model / "engines" / "fp16") in capsys.readouterr().out
+    metadata = load_engine_metadata(model / "engines" / "fp16")
+    assert metadata["boxes"] == [8, 8, 8]
+    assert metadata["image_size"] == [[64, 96], [128, 128], [256, 320]]
+    assert metadata["workspace_mb"] == 32
+    assert fake_trt.cache_given == [b""] and cache.read_bytes() == b"+"
+    assert cli.main(argv) == 2
+    assert "--force" in capsys.readouterr().err
+    assert cli.main([*argv, "--force"]) == 0
+
+
+# --- TensorRT on a GPU -------------------------------------------------------------------------
+
+
+def _gpu_ready() -> str | None:
+    """Why the GPU tests cannot run here, or None."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    from iounet.plugins.trt_loader import plugin_library_path
+
+    if not plugin_library_path().is_file():
+        return "plugin library not built: make native TENSORRT_ROOT=<TensorRT folder>"
+    return None
+
+
+GPU_BOXES = (1, 64, 256)
+GPU_SIZES = ((64, 64), (96, 128), (160, 192))
+
+
+@pytest.fixture(scope="module")
+def trt_model(tmp_path_factory):
+    """An exported tiny IoU-Net with fp32 and fp16 engines."""
+    reason = _gpu_ready()
+    if reason:
+        pytest.skip(reason)
+    from iounet.export.onnx_export import export_model
+
+    root = tmp_path_factory.mktemp("trt")
+    checkpoint = write_tiny_checkpoint(root / "last.pt")
+    folder = root / "model"
+    export_model(checkpoint, folder, fp16=True)
+    for precision in ("fp32", "fp16"):
+        build_engines(folder, precision, GPU_BOXES, GPU_SIZES)
+    return folder
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    image = torch.rand((1, 3, 96, 128), generator=generator)
+    corners = torch.rand((40, 2), generator=generator) * torch.tensor([100.0, 70.0])
+    sizes = 8 + torch.rand((40, 2), generator=generator) * torch.tensor([90.0, 60.0])
+    boxes = torch.cat([corners, corners + sizes], 1)
+    rois = torch.cat([torch.zeros((40, 1)), boxes], 1)
+    labels = torch.randint(0, len(CLASSES), (40,), generator=generator)
+    return image, rois, labels
+
+
+def _onnxruntime(model: Path, image, rois, labels) -> dict[str, np.ndarray]:
+    from iounet.plugins import onnxruntime_session
+
+    manifest = load_manifest(model)
+    session = {role: onnxruntime_session(manifest.graph_path(role)) for role in GRAPH_ROLES}
+    maps = session["backbone"].run(None, {"image": image.numpy()})
+    boxes = {"rois": rois.numpy(), "labels": labels.numpy()}
+    box_inputs = {**dict(zip(MAPS, maps, strict=True)), **boxes}
+    (iou,) = session["head"].run(None, box_inputs)
+    iou_t, grad = session["iou_grad"].run(None, box_inputs)
+    return {**dict(zip(MAPS, maps, strict=True)), "iou": iou, "iou_t": iou_t, "grad": grad}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("precision", "map_tol", "iou_tol", "grad_tol"),
+    [("fp32", 1e-4, 1e-4, 1e-3), ("fp16", 5e-2, 2e-2, 5e-2)],
+)
+def test_tensorrt_backend_matches_onnxruntime(trt_model, precision, map_tol, iou_tol, grad_tol):
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    image, rois, labels = _inputs()
+    expected = _onnxruntime(trt_model, image, rois, labels)
+    backend = TensorRTBackend(trt_model, precision)
+    assert backend.name == "trt" and backend.device.type == "cuda"
+    features = backend.features(image.cuda())
+    for name, actual in zip(MAPS, features, strict=True):
+        reference = torch.from_numpy(expected[name])
+        assert actual.is_cuda and actual.shape == reference.shape
+        scale = reference.abs().max()
+        assert (actual.float().cpu() - reference).abs().max() <= map_tol * scale
+    # The head on the same maps as ONNX Runtime: only the head's own error.
+    maps = tuple(torch.from_numpy(expected[name]).cuda() for name in MAPS)
+    iou = backend.iou(maps, rois.cuda(), labels.cuda())
+    assert (iou.cpu() - torch.from_numpy(expected["iou"])).abs().max() <= iou_tol
+    iou_t, grad = backend.iou_and_grad(maps, rois.cuda(), labels.cuda())
+    assert (iou_t.cpu() - torch.from_numpy(expected["iou_t"])).abs().max() <= iou_tol
+    reference = torch.from_numpy(expected["grad"])
+    assert (grad.cpu() - reference).norm() <= grad_tol * reference.norm()
+    assert reference.abs().sum() > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_fused_refinement_equals_the_default(trt_model, precision):
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    image, rois, labels = _inputs()
+    backend = TensorRTBackend(trt_model, precision)
+    features = backend.features(image.cuda())
+    params = RefineParams(step=0.5, iterations=5)
+    boxes, iou = backend.refine(features, rois[:, 1:], labels, (96, 128), params)
+    expected_boxes, expected_iou = Backend.refine(
+        backend, features, rois[:, 1:], labels, (96, 128), params
+    )
+    torch.testing.assert_close(boxes, expected_boxes, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(iou, expected_iou, rtol=1e-4, atol=1e-4)
+    assert (boxes.cpu() - rois[:, 1:]).abs().max() > 0  # the boxes moved
+
+
+@pytest.mark.gpu
+def test_backend_refuses_shapes_outside_the_profiles(trt_model):
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    backend = TensorRTBackend(trt_model)
+    with pytest.raises(ValueError, match="image size 200x128 is outside"):
+        backend.features(torch.rand((1, 3, 200, 128), device="cuda"))
+    features = backend.features(torch.rand((1, 3, 96, 128), device="cuda"))
+    rois = torch.tensor([[0.0, 4.0, 4.0, 40.0, 40.0]], device="cuda").repeat(300, 1)
+    with pytest.raises(ValueError, match=r"300 boxes exceed the engine's profile \(max 256\)"):
+        backend.iou(features, rois, torch.zeros(300, dtype=torch.int64, device="cuda"))
+    assert math.isfinite(float(backend.iou(features, rois[:1], torch.zeros(1).long())[0]))
+
+
+def test_tensorrt_backend_module_imports_without_tensorrt(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    with pytest.raises(ImportError, match=r"pip install -e \.\[gpu\]"):
+        TensorRTBackend(fake_model(tmp_path / "model"))
