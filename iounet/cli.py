@@ -11,7 +11,12 @@ from iounet._version import __version__
 
 # Modules that add subcommands: each has `register(subparsers)`, which adds its parsers and sets
 # `run=<function(args) -> int>` on each; heavy imports stay inside the run functions.
-COMMAND_MODULES: tuple[str, ...] = ("iounet.training.commands",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "iounet.training.commands",
+    "iounet.export.commands",
+    "iounet.export.engine_commands",
+    "iounet.runtime.commands",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,38 @@
+"""`iounet export`: a training checkpoint -> an exported model folder (ONNX graphs + manifest)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the export subcommand to the `iounet` parser."""
+    export = subparsers.add_parser(
+        "export", help="export a checkpoint to ONNX graphs and a manifest"
+    )
+    export.add_argument("checkpoint", type=Path, help="IoU-Net checkpoint (iounet train)")
+    export.add_argument("--out", type=Path, required=True, help="model folder to create")
+    export.add_argument("--force", action="store_true", help="replace an existing --out")
+    export.add_argument(
+        "--fp16", action="store_true", help="also write fp16 graphs (for fp16 TensorRT engines)"
+    )
+    export.add_argument(
+        "--annotations", type=Path, help="COCO file whose category ids the classes get"
+    )
+    export.set_defaults(run=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from iounet.export.onnx_export import export_model
+
+    manifest = export_model(
+        args.checkpoint, args.out, force=args.force, fp16=args.fp16, annotations=args.annotations
+    )
+    graphs = ", ".join(
+        f"{manifest.graph(role, precision)['file']}"
+        for precision in manifest.precisions()
+        for role in ("backbone", "head", "iou_grad", "refine_step")
+    )
+    print(f"exported {args.checkpoint} -> {args.out}: {graphs}, manifest.json")
+    return 0

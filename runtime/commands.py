@@ -1,0 +1,129 @@
+"""`iounet infer` (the pipeline over a folder of images) and `iounet bench` (stage latency)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from iounet.runtime.pipeline import BACKENDS
+
+if TYPE_CHECKING:
+    from iounet.export.manifest import Manifest
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the runtime subcommands to the `iounet` parser."""
+    infer = subparsers.add_parser(
+        "infer", help="IoU-guided NMS and refinement of a detector's raw detections"
+    )
+    infer.add_argument("--model", type=Path, required=True, help="exported model folder")
+    infer.add_argument("--images", type=Path, required=True, help="folder of the images")
+    infer.add_argument(
+        "--annotations", type=Path, required=True, help="COCO file listing the images"
+    )
+    infer.add_argument("--detections", type=Path, required=True, help="raw COCO results")
+    infer.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
+    infer.add_argument("--force", action="store_true", help="replace an existing --out")
+    _backend_arguments(infer, "ort")
+    infer.set_defaults(run=_infer)
+
+    bench = subparsers.add_parser("bench", help="per-stage latency of the backends")
+    bench.add_argument("--model", type=Path, required=True, help="exported model folder")
+    bench.add_argument(
+        "--backends", default="torch,ort", help=f"comma-separated, of {', '.join(BACKENDS)}"
+    )
+    bench.add_argument(
+        "--checkpoint", type=Path, help="the exported checkpoint (for the torch backends)"
+    )
+    bench.add_argument("--image-size", default=None, help="HxW (default: the model's input size)")
+    bench.add_argument("--detections", type=int, default=1000, help="raw detections per image")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--runs", type=int, default=20)
+    bench.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime")
+    bench.add_argument("--json", type=Path, help="write backend -> stage -> p50/p90/p99 here")
+    bench.set_defaults(run=_bench)
+
+
+def _backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--backend", default=default, choices=BACKENDS)
+    parser.add_argument("--checkpoint", type=Path, help="the checkpoint (torch backends only)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="trt only")
+
+
+def _backend_options(name: str, args: argparse.Namespace) -> dict:
+    if name.startswith("torch"):
+        return {"checkpoint": args.checkpoint}
+    if name == "trt":
+        return {"precision": getattr(args, "precision", "fp32")}
+    if name.startswith("ort") and getattr(args, "threads", None):
+        return {"threads": args.threads}
+    return {}
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from iounet.export.manifest import load_manifest
+    from iounet.files import atomic_path
+    from iounet.runtime.detections import read_detections
+    from iounet.runtime.inference import infer_dataset
+    from iounet.runtime.pipeline import Pipeline, open_backend
+
+    if args.out.exists() and not args.force:
+        raise FileExistsError(f"{args.out} exists: pass --force to replace it")
+    manifest = load_manifest(args.model)
+    detections = read_detections(args.detections)
+    backend = open_backend(manifest, args.backend, **_backend_options(args.backend, args))
+    pipeline = Pipeline(backend, manifest.num_classes)
+    results = infer_dataset(pipeline, manifest, args.images, args.annotations, detections)
+    with atomic_path(args.out) as temporary:
+        temporary.write_text(json.dumps(results))
+    print(
+        f"{len(detections)} raw detections -> {len(results)} after IoU-NMS and refinement "
+        f"({args.backend}) -> {args.out}"
+    )
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from iounet.export.manifest import load_manifest
+    from iounet.files import atomic_path
+    from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
+    from iounet.runtime.pipeline import Pipeline, open_backend
+
+    names = [name.strip() for name in args.backends.split(",") if name.strip()]
+    unknown = [name for name in names if name not in BACKENDS]
+    if not names or unknown:
+        raise ValueError(f"--backends: unknown {unknown or names}; choose from {BACKENDS}")
+    if any(name.startswith("torch") for name in names) and args.checkpoint is None:
+        raise ValueError("--checkpoint is needed for the torch backends (the exported checkpoint)")
+    manifest = load_manifest(args.model)
+    height, width = _image_size(args.image_size, manifest)
+    inputs = synthetic_inputs(height, width, args.detections, manifest.num_classes)
+    results = {}
+    for name in names:
+        backend = open_backend(manifest, name, **_backend_options(name, args))
+        results[name] = measure(
+            Pipeline(backend, manifest.num_classes), inputs, args.warmup, args.runs
+        )
+    baseline = "torch" if "torch" in results else None
+    print(
+        f"image {height}x{width}, {args.detections} raw detections, top-100 refined, "
+        f"{args.warmup} warm-up + {args.runs} runs"
+    )
+    print(format_latency_table(results, baseline))
+    if args.json:
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:
+    if text is None:
+        size = int(manifest.data["input"]["min_size"])
+        return size, size
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--image-size must look like 480x640, got {text!r}") from None
+    return height, width

@@ -1,0 +1,71 @@
+"""The pipeline over a COCO-listed set of images and their raw detections."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from iounet.export.manifest import Manifest
+from iounet.runtime.detections import check_known
+from iounet.runtime.pipeline import Pipeline
+
+
+def infer_dataset(
+    pipeline: Pipeline,
+    manifest: Manifest,
+    images: str | os.PathLike,
+    annotations: str | os.PathLike,
+    detections: list[dict[str, Any]],
+) -> list[dict[str, Any]]:
+    """COCO results (original pixels) after IoU-NMS and refinement, with the predicted IoU.
+
+    Images are resized as the model was trained (the manifest's min_size / max_size); each
+    result is ``{image_id, category_id, bbox, score, iou}``.
+    """
+    from iounet.training.coco_dataset import CocoDetection
+
+    size = manifest.data["input"]
+    dataset = CocoDetection(
+        images, annotations, min_size=size["min_size"], max_size=size["max_size"]
+    )
+    category_ids = [dataset.label_to_category[label] for label in range(len(dataset.class_names))]
+    if category_ids != manifest.category_ids or list(dataset.class_names) != manifest.class_names:
+        raise ValueError(
+            f"{annotations} has categories {category_ids} {list(dataset.class_names)}, "
+            f"the model {manifest.category_ids} {manifest.class_names}"
+        )
+    index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
+    check_known(detections, set(index_of), set(category_ids))
+    by_image: dict[int, list[dict]] = {}
+    for detection in detections:
+        by_image.setdefault(int(detection["image_id"]), []).append(detection)
+    label_of = {cid: label for label, cid in enumerate(category_ids)}
+    results: list[dict[str, Any]] = []
+    for image_id, items in by_image.items():
+        image, target = dataset[index_of[image_id]]
+        scale = float(target["scale"])
+        height, width = image.shape[1:]
+        boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        boxes = boxes * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        scores = torch.tensor([float(d["score"]) for d in items])
+        labels = torch.tensor([label_of[int(d["category_id"])] for d in items])
+        found = pipeline(image, boxes, scores, labels)
+        final = (found.boxes / scale).tolist()
+        for box, score, label, iou in zip(
+            final, found.scores.tolist(), found.labels.tolist(), found.ious.tolist(), strict=True
+        ):
+            results.append(
+                {
+                    "image_id": image_id,
+                    "category_id": category_ids[label],
+                    "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                    "score": score,
+                    "iou": iou,
+                }
+            )
+    return results

@@ -1,0 +1,206 @@
+"""Image + a detector's raw detections -> IoU-guided NMS -> refinement -> final detections."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from iounet.export.manifest import Manifest, load_manifest
+from iounet.runtime.backend import Backend, RefineParams
+from iounet.runtime.suppression import iou_nms
+
+BACKENDS = ("ort", "ort-cuda", "trt", "torch", "torch-native")
+
+#: Called with (stage name, seconds) after each stage when timing is asked for.
+StageTimer = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Post-processing settings: IoU-NMS threshold, boxes refined, Algorithm 2's settings."""
+
+    nms_threshold: float = 0.5
+    refine_top: int = 100
+    refine: RefineParams = field(default_factory=RefineParams)
+
+
+@dataclass
+class Detections:
+    """The final detections of one image, in the pixels of the image given to the pipeline."""
+
+    boxes: Tensor  # (M, 4) x0, y0, x1, y1
+    scores: Tensor  # (M,) classification scores after IoU-NMS
+    labels: Tensor  # (M,) class labels (0 .. num_classes - 1)
+    ious: Tensor  # (M,) predicted IoU (after refinement for the refined boxes)
+
+
+class Pipeline:
+    """IoU-Net post-processing of raw detections with one backend.
+
+    ``pipeline(image, boxes, scores, labels)`` takes one RGB image (3, H, W) float in [0, 1] and
+    its raw detections (N, 4), (N,), (N,) in that image's pixels; it returns the detections kept
+    by IoU-guided NMS (scores as IoU-NMS leaves them, most confident first), the ``refine_top``
+    most confident of them refined by Algorithm 2.
+    """
+
+    def __init__(
+        self, backend: Backend, num_classes: int, config: PipelineConfig | None = None
+    ) -> None:
+        self.backend = backend
+        self.num_classes = num_classes
+        self.config = config or PipelineConfig()
+
+    @classmethod
+    def from_model(
+        cls,
+        model_dir: str | os.PathLike,
+        backend: str = "ort",
+        config: PipelineConfig | None = None,
+        **backend_options: object,
+    ) -> Pipeline:
+        """A pipeline on an exported model folder with the named backend (see ``BACKENDS``)."""
+        manifest = load_manifest(model_dir)
+        return cls(open_backend(manifest, backend, **backend_options), manifest.num_classes, config)
+
+    def __call__(
+        self,
+        image: Tensor,
+        boxes: Tensor,
+        scores: Tensor,
+        labels: Tensor,
+        timer: StageTimer | None = None,
+    ) -> Detections:
+        _check_inputs(image, boxes, scores, labels, self.num_classes)
+        backend, config = self.backend, self.config
+        device = backend.device
+        clock = _Clock(backend, timer)
+        height, width = image.shape[1:]
+        features = backend.features(_padded(image)[None])
+        clock("backbone")
+        boxes = boxes.to(device, torch.float32)
+        scores = scores.to(device, torch.float32)
+        labels = labels.to(device, torch.int64)
+        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+        ious = backend.iou(features, rois, labels) if len(boxes) else boxes.new_zeros(0)
+        clock("iou_head")
+        keep, kept_scores = iou_nms(boxes, scores, ious, labels, config.nms_threshold)
+        order = torch.argsort(kept_scores, descending=True, stable=True)
+        keep, kept_scores = keep[order], kept_scores[order]
+        clock("iou_nms")
+        boxes, labels, ious = boxes[keep], labels[keep], ious[keep]
+        refine_start = clock.last
+        top = min(config.refine_top, len(keep))
+        if top:
+            refined, refined_iou = backend.refine(
+                features,
+                boxes[:top],
+                labels[:top],
+                (int(height), int(width)),
+                config.refine,
+                on_step=clock.step if timer is not None else None,
+            )
+            boxes = torch.cat([refined.to(device), boxes[top:]])
+            ious = torch.cat([refined_iou.to(device).clamp(0, 1), ious[top:]])
+        clock.since("refine", refine_start)
+        clock.since("total", clock.start)
+        return Detections(boxes, kept_scores, labels, ious)
+
+
+def open_backend(manifest: Manifest, name: str, **options: object) -> Backend:
+    """The backend `name` on an exported model (torch backends need ``checkpoint=``)."""
+    if name in ("ort", "ort-cuda"):
+        from iounet.runtime.ort_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(manifest, "cpu" if name == "ort" else "cuda", **options)
+    if name == "trt":
+        from iounet.runtime.trt_backend import TensorRTBackend
+
+        return TensorRTBackend(manifest.folder, **options)
+    if name in ("torch", "torch-native"):
+        from iounet.runtime.torch_backend import TorchBackend
+
+        checkpoint = options.pop("checkpoint", None)
+        if checkpoint is None:
+            raise ValueError(f"the {name} backend needs the checkpoint the model was exported from")
+        check_exported_from(manifest, checkpoint)
+        pool = "native" if name == "torch-native" else "pytorch"
+        return TorchBackend.from_checkpoint(checkpoint, pool=pool, **options)
+    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+
+
+def check_exported_from(manifest: Manifest, checkpoint: str | os.PathLike) -> None:
+    """ValueError unless `checkpoint` is the file the model folder was exported from."""
+    from iounet.export.manifest import sha256_file
+
+    if not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    if sha256_file(checkpoint) != manifest.data["checkpoint"]["sha256"]:
+        raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
+
+
+def _padded(image: Tensor, divisor: int = 32) -> Tensor:
+    """The image zero-padded at the bottom and right to multiples of `divisor`."""
+    height, width = image.shape[1:]
+    padded_height = math.ceil(height / divisor) * divisor
+    padded_width = math.ceil(width / divisor) * divisor
+    if (padded_height, padded_width) == (height, width):
+        return image.float()
+    padding = (0, padded_width - width, 0, padded_height - height)
+    return torch.nn.functional.pad(image.float(), padding)
+
+
+def _check_inputs(
+    image: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, num_classes: int
+) -> None:
+    for name, value in (("image", image), ("boxes", boxes), ("scores", scores), ("labels", labels)):
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if image.dim() != 3 or image.shape[0] != 3:
+        raise ValueError(
+            f"image must be one RGB image of shape (3, H, W), got {tuple(image.shape)}"
+        )
+    if image.shape[1] == 0 or image.shape[2] == 0:
+        raise ValueError(f"image is empty: shape {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be a float tensor (RGB in [0, 1]), got {image.dtype}")
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+    count = boxes.shape[0]
+    for name, value in (("scores", scores), ("labels", labels)):
+        if tuple(value.shape) != (count,):
+            raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
+    if count and not bool(torch.isfinite(boxes).all() and torch.isfinite(scores).all()):
+        raise ValueError("boxes and scores must be finite")
+    if count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes - 1}] ({num_classes} classes)")
+
+
+class _Clock:
+    """Calls the stage timer with each stage's duration (after waiting for the device)."""
+
+    def __init__(self, backend: Backend, timer: StageTimer | None) -> None:
+        self.backend = backend
+        self.timer = timer
+        self.start = self.last = time.perf_counter()
+
+    def __call__(self, stage: str) -> None:
+        """Report the time since the previous report as `stage`."""
+        self.since(stage, self.last)
+
+    def step(self, index: int) -> None:
+        self(f"refine_step_{index}")
+
+    def since(self, stage: str, start: float) -> None:
+        """Report the time since `start` (a perf_counter value) as `stage`."""
+        if self.timer is None:
+            return
+        self.backend.synchronize()
+        now = time.perf_counter()
+        self.timer(stage, now - start)
+        self.last = now

@@ -1,0 +1,233 @@
+"""The runtime pipeline, `iounet infer` and `iounet bench` on an exported tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from iounet.cli import main
+from iounet.export.manifest import load_manifest
+from iounet.runtime import iou_nms, refine_boxes
+from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
+from iounet.runtime.pipeline import Pipeline, PipelineConfig, open_backend
+from iounet.runtime.torch_backend import TorchBackend
+from iounet.training.synthetic import generate_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def pipelines(exported_model):
+    checkpoint, folder = exported_model
+    manifest = load_manifest(folder)
+    ort = Pipeline.from_model(folder)
+    reference = Pipeline(open_backend(manifest, "torch", checkpoint=checkpoint), 5)
+    return ort, reference
+
+
+@pytest.fixture(scope="module")
+def val_set(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synthetic") / "data"
+    generate_synthetic_dataset(out, train=1, val=3, size=96, seed=4)
+    return out / "val"
+
+
+def test_pipeline_is_iou_nms_then_refinement_of_the_top_boxes(pipelines):
+    backend = pipelines[0].backend
+    pipeline = Pipeline(backend, 5, PipelineConfig(refine_top=20))
+    inputs = synthetic_inputs(96, 128, 300, 5, seed=1)  # a multiple of 32: no padding
+    result = pipeline(inputs.image, inputs.boxes, inputs.scores, inputs.labels)
+
+    maps = backend.features(inputs.image[None])
+    rois = torch.cat([torch.zeros((300, 1)), inputs.boxes], dim=1)
+    ious = backend.iou(maps, rois, inputs.labels)
+    keep, scores = iou_nms(inputs.boxes, inputs.scores, ious, inputs.labels, 0.5)
+    order = torch.argsort(scores, descending=True, stable=True)
+    keep, scores = keep[order], scores[order]
+    torch.testing.assert_close(result.scores, scores)
+    assert result.labels.tolist() == inputs.labels[keep].tolist()
+    top = 20
+    assert len(keep) > top  # some boxes are kept but not refined
+
+    def objective(current):
+        full = torch.cat([torch.zeros((len(current), 1)), current], dim=1)
+        return backend.iou_and_grad(maps, full, inputs.labels[keep][:top])
+
+    refined, refined_iou = refine_boxes(inputs.boxes[keep][:top], objective, image_size=(96, 128))
+    torch.testing.assert_close(result.boxes[:top], refined, atol=1e-4, rtol=0)
+    torch.testing.assert_close(result.ious[:top], refined_iou.clamp(0, 1), atol=1e-5, rtol=0)
+    assert result.boxes[top:].tolist() == inputs.boxes[keep][top:].tolist()
+    torch.testing.assert_close(result.ious[top:], ious[keep][top:])
+
+
+def test_onnx_runtime_pipeline_matches_the_pytorch_model(pipelines):
+    ort, reference = pipelines
+    inputs = synthetic_inputs(100, 140, 400, 5, seed=2)  # padded to 128x160 inside
+    got = ort(inputs.image, inputs.boxes, inputs.scores, inputs.labels)
+    expected = reference(inputs.image, inputs.boxes, inputs.scores, inputs.labels)
+    assert got.labels.tolist() == expected.labels.tolist()
+    torch.testing.assert_close(got.scores, expected.scores, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got.boxes, expected.boxes, atol=1e-3, rtol=0)
+    torch.testing.assert_close(got.ious, expected.ious, atol=1e-4, rtol=0)
+    assert float(got.boxes[:, 2].max()) <= 140 and float(got.boxes[:, 3].max()) <= 100
+
+
+def test_no_detections_give_no_results(pipelines):
+    ort, _ = pipelines
+    found = ort(torch.rand(3, 64, 64), torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0))
+    assert found.boxes.shape == (0, 4) and found.ious.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("image", "boxes", "labels", "message"),
+    [
+        (torch.rand(64, 64, 3), torch.zeros((1, 4)), [0], r"shape \(3, H, W\)"),
+        (torch.rand(4, 64, 64), torch.zeros((1, 4)), [0], r"shape \(3, H, W\)"),
+        (torch.rand(3, 0, 64), torch.zeros((1, 4)), [0], "image is empty"),
+        (torch.rand(3, 64, 64), torch.zeros((1, 5)), [0], r"boxes must have shape \(N, 4\)"),
+        (torch.rand(3, 64, 64), torch.zeros((1, 4)), [7], r"labels must lie in \[0, 4\]"),
+        (torch.rand(3, 64, 64), torch.full((1, 4), float("nan")), [0], "finite"),
+    ],
+)
+def test_bad_inputs_are_named(pipelines, image, boxes, labels, message):
+    ort, _ = pipelines
+    with pytest.raises(ValueError, match=message):
+        ort(image, boxes, torch.ones(len(labels)), torch.tensor(labels))
+
+
+def test_integer_image_is_refused(pipelines):
+    ort, _ = pipelines
+    image = torch.zeros((3, 64, 64), dtype=torch.uint8)
+    with pytest.raises(TypeError, match="float tensor"):
+        ort(image, torch.zeros((0, 4)), torch.zeros(0), torch.zeros(0))
+
+
+def test_torch_backend_needs_the_exported_checkpoint(exported_model, tmp_path):
+    from tiny_model import write_tiny_checkpoint
+
+    _, folder = exported_model
+    manifest = load_manifest(folder)
+    with pytest.raises(ValueError, match="needs the checkpoint"):
+        open_backend(manifest, "torch")
+    other = write_tiny_checkpoint(tmp_path / "other.pt", seed=3)
+    with pytest.raises(ValueError, match="not exported from"):
+        open_backend(manifest, "torch", checkpoint=other)
+    with pytest.raises(ValueError, match="unknown backend"):
+        open_backend(manifest, "tpu")
+
+
+def _detections(val: Path) -> list[dict]:
+    data = json.loads((val / "annotations.json").read_text())
+    found = []
+    for annotation in data["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        common = {"image_id": annotation["image_id"], "category_id": annotation["category_id"]}
+        found.append({**common, "bbox": [x, y, w, h], "score": 0.9})
+        found.append({**common, "bbox": [x + w / 5, y, w, h], "score": 0.6})
+    return found
+
+
+def test_infer_writes_coco_results_with_predicted_iou(exported_model, val_set, tmp_path, capsys):
+    _, folder = exported_model
+    detections = tmp_path / "raw.json"
+    raw = _detections(val_set)
+    detections.write_text(json.dumps(raw))
+    out = tmp_path / "final.json"
+    arguments = [
+        "infer", "--model", str(folder), "--images", str(val_set / "images"),
+        "--annotations", str(val_set / "annotations.json"), "--detections", str(detections),
+        "--out", str(out),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    results = json.loads(out.read_text())
+    assert 0 < len(results) <= len(raw)
+    assert {r["image_id"] for r in results} == {d["image_id"] for d in raw}
+    assert all(0 <= r["iou"] <= 1 and r["bbox"][2] >= 0 for r in results)
+    assert "raw detections" in capsys.readouterr().out
+    out.write_text("mine")
+    assert main(arguments) == 2
+    assert out.read_text() == "mine"
+    assert "--force" in capsys.readouterr().err
+    detections.write_text(json.dumps([{**raw[0], "image_id": 999}]))
+    assert main([*arguments, "--force"]) == 2
+    assert "image ids not in the annotations: [999]" in capsys.readouterr().err
+    detections.write_text(json.dumps([{**raw[0], "category_id": 42}]))
+    assert main([*arguments, "--force"]) == 2
+    assert "category ids not in the annotations: [42]" in capsys.readouterr().err
+    assert out.read_text() == "mine"
+
+
+def test_bench_prints_and_writes_the_latency_table(exported_model, tmp_path, capsys):
+    checkpoint, folder = exported_model
+    report = tmp_path / "bench.json"
+    arguments = [
+        "bench", "--model", str(folder), "--backends", "torch,ort", "--checkpoint",
+        str(checkpoint), "--image-size", "64x96", "--detections", "200", "--warmup", "1",
+        "--runs", "3", "--json", str(report),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    printed = capsys.readouterr().out
+    assert "refinement ort vs torch (p50)" in printed
+    results = json.loads(report.read_text())
+    assert set(results) == {"torch", "ort"}
+    for stages in results.values():
+        for stage in ("backbone", "iou_head", "iou_nms", "refine_step_0", "refine", "total"):
+            entry = stages[stage]
+            assert 0 < entry["p50_ms"] <= entry["p90_ms"] <= entry["p99_ms"]
+        assert stages["total"]["p50_ms"] >= stages["refine"]["p50_ms"]
+    assert main([*arguments[:4], "torch", "--image-size", "64x96"]) == 2
+    assert "--checkpoint is needed" in capsys.readouterr().err
+    assert main([*arguments[:4], "ort,tpu"]) == 2
+    assert "unknown ['tpu']" in capsys.readouterr().err
+
+
+def test_measure_and_table_figures(pipelines):
+    ort, _ = pipelines
+    inputs = synthetic_inputs(64, 64, 50, 5)
+    result = measure(ort, inputs, warmup=0, runs=2)
+    assert result["throughput_images_per_s"] == pytest.approx(1e3 / result["total"]["p50_ms"])
+    table = {
+        "torch": {"refine": {"p50_ms": 30.0, "p90_ms": 31.0, "p99_ms": 32.0}},
+        "ort": {"refine": {"p50_ms": 10.0, "p90_ms": 11.0, "p99_ms": 12.0}},
+    }
+    for entry in table.values():
+        entry["throughput_images_per_s"] = 1.0
+    text = format_latency_table(table, "torch")
+    assert "10.00 ms vs 30.00 ms = 3.00x faster" in text
+    assert "30.00/31.00/32.00" in text
+
+
+def test_synthetic_inputs_are_deterministic_and_inside_the_image():
+    first, second = synthetic_inputs(80, 120, 500, 5, seed=3), synthetic_inputs(80, 120, 500, 5, 3)
+    assert torch.equal(first.boxes, second.boxes) and torch.equal(first.image, second.image)
+    boxes = first.boxes
+    assert (
+        float(boxes.min()) >= 0
+        and float(boxes[:, 2].max()) <= 121
+        and float(boxes[:, 3].max()) <= 81
+    )
+    assert bool((boxes[:, 2:] > boxes[:, :2]).all())
+    assert set(first.labels.tolist()) <= set(range(5))
+    with pytest.raises(ValueError, match="at least 32x32"):
+        synthetic_inputs(16, 16, 10, 5)
+
+
+def test_torch_backend_gradient_is_autograd_of_its_iou(exported_model):
+    checkpoint, _ = exported_model
+    backend = TorchBackend.from_checkpoint(checkpoint)
+    maps = backend.features(torch.rand(1, 3, 64, 64))
+    rois = torch.tensor([[0.0, 5, 6, 40, 50], [0.0, 20, 10, 60, 62]])
+    labels = torch.tensor([0, 3])
+    iou, grad = backend.iou_and_grad(maps, rois, labels)
+    step = 0.05
+    for k in range(4):
+        plus, minus = rois.clone(), rois.clone()
+        plus[:, 1 + k] += step
+        minus[:, 1 + k] -= step
+        numeric = (
+            backend.iou_and_grad(maps, plus, labels)[0]
+            - backend.iou_and_grad(maps, minus, labels)[0]
+        ) / (2 * step)
+        torch.testing.assert_close(grad[:, k], numeric, atol=2e-4, rtol=5e-2)
+    torch.testing.assert_close(iou.clamp(0, 1), backend.iou(maps, rois, labels))
