@@ -15,13 +15,17 @@ ifeq ($(CMAKE),)
 CMAKE := $(VENV)/bin/cmake
 endif
 
-.PHONY: test native lint bench clean
+.PHONY: test demo native lint bench clean
 
 test: $(INSTALLED) native
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	cd $(BUILD) && ctest --output-on-failure
 	$(PY) -m pytest -m "not slow"
+
+# The whole stack on the synthetic benchmark (trained models are reused from demo-work/).
+demo: $(INSTALLED) native
+	$(PY) -m iounet.demo --work demo-work --out demo-output
 
 # CPU kernels (+ their sanitizer build), CUDA kernels when nvcc is found, TensorRT plugins when
 # TENSORRT_ROOT is given.

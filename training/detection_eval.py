@@ -140,8 +140,8 @@ def evaluate_detections_table(
         final = torch.cat([final, kept_boxes[refine_top:]])
         emit(results["iou_nms_refine"], final, kept_scores, kept_labels)
 
-    ap = {name: _coco_ap(dataset, results[name]) for name in METHODS}
-    curve = [_coco_ap(dataset, step_results) for step_results in iteration_results]
+    ap = {name: coco_ap(dataset, results[name]) for name in METHODS}
+    curve = [coco_ap(dataset, step_results) for step_results in iteration_results]
     recall = {
         "no_nms": _recall(dataset, raw_results),
         "nms": _recall(dataset, results["nms"]),
@@ -212,7 +212,7 @@ def _coco_results(
     ]
 
 
-def _coco_ap(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+def coco_ap(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
     """AP (0.5:0.95) and AP at 0.5, 0.6, 0.7, 0.8, 0.9, as fractions (100 detections per image)."""
     if not results:
         return dict.fromkeys(AP_KEYS, 0.0)
