@@ -703,3 +703,21 @@ def test_tensorrt_backend_module_imports_without_tensorrt(monkeypatch, tmp_path)
 
     with pytest.raises(ImportError, match=r"pip install -e \.\[gpu\]"):
         TensorRTBackend(fake_model(tmp_path / "model"))
+
+
+@pytest.mark.gpu
+def test_bench_prints_torch_ort_and_trt_side_by_side(trt_model, capsys):
+    from iounet.cli import main
+
+    report = trt_model.parent / "bench.json"
+    arguments = [
+        "bench", "--model", str(trt_model), "--backends", "torch,ort,trt", "--checkpoint",
+        str(trt_model.parent / "last.pt"), "--image-size", "96x128", "--detections", "1000",
+        "--json", str(report),
+    ]  # fmt: skip
+    assert main(arguments) == 0
+    with capsys.disabled():
+        print(capsys.readouterr().out)
+    results = json.loads(report.read_text())
+    assert set(results) == {"torch", "ort", "trt"}
+    assert all(0 < results[name]["refine"]["p50_ms"] for name in results)

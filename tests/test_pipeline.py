@@ -231,3 +231,25 @@ def test_torch_backend_gradient_is_autograd_of_its_iou(exported_model):
         ) / (2 * step)
         torch.testing.assert_close(grad[:, k], numeric, atol=2e-4, rtol=5e-2)
     torch.testing.assert_close(iou.clamp(0, 1), backend.iou(maps, rois, labels))
+
+
+def test_onnx_runtime_cuda_without_the_provider_says_what_to_install(exported_model):
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this ONNX Runtime has the CUDA provider")
+    with pytest.raises(ValueError, match=r"onnxruntime-gpu"):
+        Pipeline.from_model(exported_model[1], backend="ort-cuda")
+
+
+def test_export_command_refuses_an_existing_folder_then_replaces_it(
+    exported_model, tmp_path, capsys
+):
+    checkpoint, _ = exported_model
+    out = tmp_path / "model"
+    out.mkdir()
+    assert main(["export", str(checkpoint), "--out", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["export", str(checkpoint), "--out", str(out), "--force"]) == 0
+    assert "manifest.json" in capsys.readouterr().out
+    assert load_manifest(out).precisions() == ["fp32"]
