@@ -93,9 +93,9 @@ def _report(
         coco_ap,
         evaluate_detections_table,
         format_table,
-        plot_curves,
+        plot_report,
     )
-    from iounet.training.evaluation import PredictorEvaluation, evaluate_jittered, scatter_plot
+    from iounet.training.evaluation import evaluate_jittered, scatter_plot
 
     manifest = load_manifest(model)
     size = manifest.data["input"]
@@ -109,15 +109,7 @@ def _report(
         OnnxRuntimeBackend(manifest), dataset, read_detections(detections)
     )
     pipeline_ap = coco_ap(dataset, json.loads((args.out / "detections.json").read_text()))
-    detected = PredictorEvaluation(
-        torch.tensor(table.predicted_iou),
-        torch.tensor(table.true_iou),
-        table.pearson["predicted_iou"],
-        torch.tensor(table.scores),
-        table.pearson["classification"],
-    )
-    scatter_plot(plots / "pearson_detections.png", detected, "detector boxes, IoU > 0.5")
-    plot_curves(table, plots)
+    plot_report(table, plots)
 
     inputs = synthetic_inputs(
         size["min_size"], size["min_size"], BENCH_DETECTIONS, manifest.num_classes

@@ -27,3 +27,16 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, classes: list[str] = CLASSE
         "step": 1,
     }
     return save_checkpoint(path, state)
+
+
+def assert_gradient_matches_differences(backend, maps, rois, labels, grad, step=0.05) -> None:
+    """`grad` (K, 4) agrees with central differences of `backend.iou_and_grad`'s IoU."""
+    for k in range(4):
+        plus, minus = rois.clone(), rois.clone()
+        plus[:, 1 + k] += step
+        minus[:, 1 + k] -= step
+        numeric = (
+            backend.iou_and_grad(maps, plus, labels)[0]
+            - backend.iou_and_grad(maps, minus, labels)[0]
+        ) / (2 * step)
+        torch.testing.assert_close(grad[:, k], numeric, atol=2e-4, rtol=5e-2)

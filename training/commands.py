@@ -146,7 +146,6 @@ def _detect(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    import torch
 
     from iounet.files import atomic_path
     from iounet.training.checkpoint import load_model
@@ -170,9 +169,8 @@ def _eval(args: argparse.Namespace) -> int:
         from iounet.training.detection_eval import (
             evaluate_detections_table,
             format_table,
-            plot_curves,
+            plot_report,
         )
-        from iounet.training.evaluation import PredictorEvaluation
 
         detections = read_detections(args.detections)
         table = evaluate_detections_table(model, dataset, detections)
@@ -184,17 +182,7 @@ def _eval(args: argparse.Namespace) -> int:
             f"{figures['predicted_iou']:.3f}, classification {figures['classification']:.3f}"
         )
         if args.plots:
-            detected = PredictorEvaluation(
-                torch.tensor(table.predicted_iou),
-                torch.tensor(table.true_iou),
-                table.pearson["predicted_iou"],
-                torch.tensor(table.scores),
-                table.pearson["classification"],
-            )
-            scatter_plot(
-                args.plots / "pearson_detections.png", detected, "detector boxes, IoU > 0.5"
-            )
-            plot_curves(table, args.plots)
+            plot_report(table, args.plots)
     if args.json:
         with atomic_path(args.json) as temporary:
             temporary.write_text(json.dumps(report, indent=2) + "\n")

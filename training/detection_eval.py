@@ -22,7 +22,13 @@ from iounet.runtime.backend import Backend, Features
 from iounet.runtime.detections import check_known
 from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.coco_dataset import CocoDetection
-from iounet.training.evaluation import iou_with_same_class, pearson, save_figure
+from iounet.training.evaluation import (
+    PredictorEvaluation,
+    iou_with_same_class,
+    pearson,
+    save_figure,
+    scatter_plot,
+)
 from iounet.training.model import IoUNet
 from iounet.training.trainer import pad_images
 
@@ -264,6 +270,20 @@ def _recall(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
     return {
         f"{t:.2f}": float((values >= t).mean()) if values.size else 0.0 for t in RECALL_THRESHOLDS
     }
+
+
+def plot_report(report: DetectionReport, folder: Path) -> list[Path]:
+    """The scatter plot of predicted IoU and classification score vs true IoU on the detector's
+    boxes, and the curves of ``plot_curves``."""
+    detected = PredictorEvaluation(
+        torch.tensor(report.predicted_iou),
+        torch.tensor(report.true_iou),
+        report.pearson["predicted_iou"],
+        torch.tensor(report.scores),
+        report.pearson["classification"],
+    )
+    scatter = scatter_plot(folder / "pearson_detections.png", detected, "detector boxes, IoU > 0.5")
+    return [scatter, *plot_curves(report, folder)]
 
 
 def plot_curves(report: DetectionReport, folder: Path) -> list[Path]:
