@@ -180,7 +180,9 @@ def _pool(features: Tensor, rois: Tensor, size: int, scale: float) -> Tensor:
     inside = rois[:, 0] >= 0
     pooled = features.new_zeros((rois.shape[0], features.shape[1], size, size))
     if bool(inside.any()):
-        pooled[inside] = prroi_pool(features, rois[inside].to(features.dtype), size, scale)
+        # As the deployed ops: float32 boxes and accumulation, output in the maps' dtype.
+        part = prroi_pool(features.float(), rois[inside].float(), size, scale)
+        pooled[inside] = part.to(features.dtype)
     return pooled
 
 
