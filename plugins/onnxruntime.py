@@ -154,14 +154,22 @@ def _register_ops() -> None:
 
 
 def _return_arrays() -> None:
-    """Hand numeric results of Python ops to ONNX Runtime as flat arrays, not Python lists.
+    """Hand float results of Python ops to ONNX Runtime as flat arrays, not Python lists.
 
     onnxruntime-extensions converts each result with ``tolist()`` (about 50 ns per element: 70 ms
     for a (100, 256, 7, 7) PrRoIPool output); its native side takes any flat buffer of numbers,
     so a flat float array is as correct and 20x faster. Other results keep the package's
-    conversion.
+    conversion. This uses the package's internals (checked with 0.15); where they differ, the
+    package's own conversion stays and a warning says so.
     """
-    from onnxruntime_extensions._ocos import Opdef, PyCustomOpDef
+    try:
+        from onnxruntime_extensions._ocos import Opdef, PyCustomOpDef
+
+        registry = Opdef._odlist
+        install = PyCustomOpDef.install_hooker
+    except (ImportError, AttributeError) as error:
+        _LOG.warning("keeping onnxruntime-extensions' slow result conversion: %s", error)
+        return
 
     def flat(result: Any) -> Any:
         if isinstance(result, np.ndarray) and result.dtype.kind == "f":
@@ -169,12 +177,12 @@ def _return_arrays() -> None:
         return result.flatten().tolist()
 
     def invoke(op_id: int, feed: Any, attributes: dict) -> tuple:
-        op = Opdef._odlist[op_id]
+        op = registry[op_id]
         result = op.body(*feed, **op.cast_attributes(attributes))
         outputs = result if isinstance(result, tuple) else (result,)
         return (op_id, *(item for r in outputs for item in (r.shape, flat(r))))
 
-    PyCustomOpDef.install_hooker(invoke)
+    install(invoke)
 
 
 def _defined(run: Callable[[], np.ndarray], op: str, fallback: tuple[int, ...]) -> np.ndarray:
