@@ -14,8 +14,11 @@ TINY = ModelConfig(backbone="resnet18", fpn_channels=16, head_dim=32)
 CLASSES = ["ellipse", "rectangle", "triangle", "star", "ring"]
 
 
-def write_tiny_checkpoint(path: Path, seed: int = 0, classes: list[str] = CLASSES) -> Path:
-    """A randomly initialized tiny IoU-Net saved as `iounet train` would (recipe cpu-demo)."""
+def write_tiny_checkpoint(
+    path: Path, seed: int = 0, classes: list[str] = CLASSES, step: int = 1
+) -> Path:
+    """A randomly initialized tiny IoU-Net saved as `iounet train` would (recipe cpu-demo) after
+    `step` steps."""
     torch.manual_seed(seed)
     model = IoUNet(TINY, len(classes))
     config = RECIPES["cpu-demo"].to_dict()
@@ -24,7 +27,7 @@ def write_tiny_checkpoint(path: Path, seed: int = 0, classes: list[str] = CLASSE
         "architecture": model.architecture(),
         "class_names": list(classes),
         "config": {**config, "model": {**config["model"], **TINY.__dict__}},
-        "step": 1,
+        "step": step,
     }
     return save_checkpoint(path, state)
 
