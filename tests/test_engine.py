@@ -721,3 +721,17 @@ def test_bench_prints_torch_ort_and_trt_side_by_side(trt_model, capsys):
     results = json.loads(report.read_text())
     assert set(results) == {"torch", "ort", "trt"}
     assert all(0 < results[name]["refine"]["p50_ms"] for name in results)
+
+
+def test_cli_without_the_plugin_library_says_how_to_build_it(monkeypatch, tmp_path, capsys):
+    from iounet.plugins import trt_loader
+
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
+    monkeypatch.setenv(trt_loader.LIBRARY_ENV, str(tmp_path / "absent.so"))
+    trt_loader.load_plugin_library.cache_clear()
+    model = fake_model(tmp_path / "model")
+    argv = ["build-engine", str(model), "--boxes", "1:8:16", "--image-size", "64x64"]
+    assert cli.main(argv) == 2
+    error = capsys.readouterr().err
+    assert "absent.so" in error and "make native TENSORRT_ROOT" in error
+    assert not (model / "engines" / "fp32").exists()
