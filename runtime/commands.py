@@ -122,8 +122,9 @@ def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:
     if text is None:
         size = int(manifest.data["input"]["min_size"])
         return size, size
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--image-size must look like 480x640, got {text!r}") from None
-    return height, width
+    from iounet.export.engine import parse_image_size
+
+    sizes = parse_image_size(text)
+    if len(set(sizes)) != 1:
+        raise ValueError(f"--image-size takes one size HxW here, got {text!r}")
+    return sizes[0]
