@@ -119,7 +119,7 @@ class RefineStepGraph(nn.Module):
 def iou_and_box_gradient(
     head: IoUHead, maps: tuple[Tensor, ...], rois: Tensor, labels: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """IoU (t + 1) / 2 (K,) and its gradient w.r.t. the box corners (K, 4), both float32."""
+    """IoU (t + 1) / 2 (K,) and its gradient w.r.t. the box corners (K, 4), at least float32."""
     pooled = pool_levels(head, maps, rois)
     features = pooled.flatten(1)
     before1 = head.fc1(features)
@@ -128,7 +128,8 @@ def iou_and_box_gradient(
     hidden2 = torch.relu(before2)
     index = labels.long()
     weights = head.predictor.weight[index]  # (K, H): the row of each box's class
-    t = (hidden2 * weights).sum(1).float() + head.predictor.bias[index].float()
+    out = _output_dtype(pooled.dtype)
+    t = (hidden2 * weights).sum(1).to(out) + head.predictor.bias[index].to(out)
     grad2 = weights * (before2 > 0).to(weights.dtype)
     grad1 = (grad2 @ head.fc2.weight) * (before1 > 0).to(grad2.dtype)
     grad_pooled = (0.5 * grad1 @ head.fc1.weight).reshape(pooled.shape)
@@ -158,11 +159,12 @@ def pool_levels(head: IoUHead, maps: tuple[Tensor, ...], rois: Tensor) -> Tensor
 def coord_grad_levels(
     head: IoUHead, maps: tuple[Tensor, ...], rois: Tensor, grad_pooled: Tensor
 ) -> Tensor:
-    """PrRoIPoolCoordGrad of every roi on its level, the four corner columns (K, 4), float32."""
+    """PrRoIPoolCoordGrad of every roi on its level, the four corner columns (K, 4)."""
     size = head.config.pool_size
     grad = None
     for level_roi, features, stride in zip(level_rois(head, rois), maps, FPN_STRIDES, strict=True):
-        part = _coord_grad(features, level_roi, grad_pooled, size, 1.0 / stride)[:, 1:].float()
+        part = _coord_grad(features, level_roi, grad_pooled, size, 1.0 / stride)[:, 1:]
+        part = part.to(_output_dtype(part.dtype))
         grad = part if grad is None else grad + part
     return grad
 
@@ -180,8 +182,10 @@ def _pool(features: Tensor, rois: Tensor, size: int, scale: float) -> Tensor:
     inside = rois[:, 0] >= 0
     pooled = features.new_zeros((rois.shape[0], features.shape[1], size, size))
     if bool(inside.any()):
-        # As the deployed ops: float32 boxes and accumulation, output in the maps' dtype.
-        part = prroi_pool(features.float(), rois[inside].float(), size, scale)
+        # As the deployed ops: float32 (or float64) boxes and accumulation, output in the maps'
+        # dtype.
+        compute = _output_dtype(features.dtype)
+        part = prroi_pool(features.to(compute), rois[inside].to(compute), size, scale)
         pooled[inside] = part.to(features.dtype)
     return pooled
 
@@ -201,7 +205,17 @@ def _coord_grad(
     inside = rois[:, 0] >= 0
     grad = rois.new_zeros((rois.shape[0], 5))
     if bool(inside.any()):
+        compute = _output_dtype(features.dtype)
         grad[inside] = prroi_pool_coord_grad(
-            features.float(), rois[inside], grad_output[inside].float().contiguous(), size, scale
-        )
+            features.to(compute),
+            rois[inside].to(compute),
+            grad_output[inside].to(compute).contiguous(),
+            size,
+            scale,
+        ).to(rois.dtype)
     return grad
+
+
+def _output_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16/float32, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)

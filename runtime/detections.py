@@ -9,6 +9,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 
 def read_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Entries `{image_id, category_id, bbox: [x, y, w, h], score}` of a COCO results file.
@@ -43,6 +46,33 @@ def check_known(
     categories = sorted({d["category_id"] for d in detections} - category_ids)
     if categories:
         raise ValueError(f"detections name category ids not in the annotations: {categories[:10]}")
+
+
+def group_by_image(detections: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """Detections per image id, in file order."""
+    by_image: dict[int, list[dict[str, Any]]] = {}
+    for detection in detections:
+        by_image.setdefault(int(detection["image_id"]), []).append(detection)
+    return by_image
+
+
+def image_tensors(
+    items: list[dict[str, Any]],
+    scale: float,
+    size: tuple[int, int],
+    category_to_label: dict[int, int],
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One image's detections as boxes (N, 4) ``x0, y0, x1, y1`` in the image resized by
+    `scale` and clipped to its `size` (height, width), scores (N,) and class labels (N,)."""
+    height, width = size
+    boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
+    boxes[:, 2:] += boxes[:, :2]
+    boxes = boxes * scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    scores = torch.tensor([float(d["score"]) for d in items])
+    labels = torch.tensor([category_to_label[int(d["category_id"])] for d in items])
+    return boxes, scores, labels
 
 
 def _problem(entry: Any) -> str | None:

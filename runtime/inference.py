@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import torch
-
 from iounet.export.manifest import Manifest
-from iounet.runtime.detections import check_known
+from iounet.runtime.detections import check_known, group_by_image, image_tensors
 from iounet.runtime.pipeline import Pipeline
 
 
@@ -38,22 +36,13 @@ def infer_dataset(
         )
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
     check_known(detections, set(index_of), set(category_ids))
-    by_image: dict[int, list[dict]] = {}
-    for detection in detections:
-        by_image.setdefault(int(detection["image_id"]), []).append(detection)
-    label_of = {cid: label for label, cid in enumerate(category_ids)}
     results: list[dict[str, Any]] = []
-    for image_id, items in by_image.items():
+    for image_id, items in group_by_image(detections).items():
         image, target = dataset[index_of[image_id]]
         scale = float(target["scale"])
-        height, width = image.shape[1:]
-        boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes = boxes * scale
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        scores = torch.tensor([float(d["score"]) for d in items])
-        labels = torch.tensor([label_of[int(d["category_id"])] for d in items])
+        boxes, scores, labels = image_tensors(
+            items, scale, tuple(image.shape[1:]), dataset.category_to_label
+        )
         found = pipeline(image, boxes, scores, labels)
         final = (found.boxes / scale).tolist()
         for box, score, label, iou in zip(

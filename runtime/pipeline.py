@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from torch import Tensor
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.runtime.backend import Backend, RefineParams
 from iounet.runtime.suppression import iou_nms
+from iounet.training.trainer import pad_images
 
 BACKENDS = ("ort", "ort-cuda", "trt", "torch", "torch-native")
 
@@ -81,7 +81,7 @@ class Pipeline:
         device = backend.device
         clock = _Clock(backend, timer)
         height, width = image.shape[1:]
-        features = backend.features(_padded(image)[None])
+        features = backend.features(pad_images([image.float()]))
         clock("backbone")
         boxes = boxes.to(device, torch.float32)
         scores = scores.to(device, torch.float32)
@@ -142,17 +142,6 @@ def check_exported_from(manifest: Manifest, checkpoint: str | os.PathLike) -> No
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if sha256_file(checkpoint) != manifest.data["checkpoint"]["sha256"]:
         raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
-
-
-def _padded(image: Tensor, divisor: int = 32) -> Tensor:
-    """The image zero-padded at the bottom and right to multiples of `divisor`."""
-    height, width = image.shape[1:]
-    padded_height = math.ceil(height / divisor) * divisor
-    padded_width = math.ceil(width / divisor) * divisor
-    if (padded_height, padded_width) == (height, width):
-        return image.float()
-    padding = (0, padded_width - width, 0, padded_height - height)
-    return torch.nn.functional.pad(image.float(), padding)
 
 
 def _check_inputs(

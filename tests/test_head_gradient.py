@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from iounet.export.head_gradient import IoUWithGradient
+from iounet.export.graphs import IoUGradGraph
 from iounet.training.model import FPN_STRIDES, IoUNet, ModelConfig, fpn_levels
 
 
@@ -25,7 +25,7 @@ def test_matches_autograd_on_every_fpn_level():
     )
     assert set(fpn_levels(rois[:, 1:], model.config).tolist()) == {0, 1, 2, 3}
     labels = torch.tensor([0, 3, 1, 2, 1])
-    iou, grad = IoUWithGradient(model.head)(maps, rois, labels)
+    iou, grad = IoUGradGraph(model.head)(*maps, rois, labels)
 
     corners = rois[:, 1:].clone().requires_grad_()
     t = model.head(maps, torch.cat([rois[:, :1], corners], 1), labels)
@@ -42,9 +42,9 @@ def test_float32_is_within_1e4_of_float64():
     maps = [torch.randn(1, 8, 256 // s, 256 // s) for s in FPN_STRIDES]
     rois = torch.tensor([[0, 20.5, 30.2, 90.7, 120.1], [0, 5.3, 8.8, 240.1, 200.6]])
     labels = torch.tensor([1, 0])
-    iou32, grad32 = IoUWithGradient(model.head)(maps, rois, labels)
-    iou64, grad64 = IoUWithGradient(model.head.double())(
-        [m.double() for m in maps], rois.double(), labels
+    iou32, grad32 = IoUGradGraph(model.head)(*maps, rois, labels)
+    iou64, grad64 = IoUGradGraph(model.head.double())(
+        *[m.double() for m in maps], rois.double(), labels
     )
     assert (iou32.double() - iou64).abs().max() <= 1e-5
     assert (grad32.double() - grad64).norm() <= 1e-4 * grad64.norm()

@@ -19,7 +19,7 @@ from torchvision.ops import box_iou
 
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
 from iounet.runtime.backend import Backend, Features
-from iounet.runtime.detections import check_known
+from iounet.runtime.detections import check_known, group_by_image, image_tensors
 from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.coco_dataset import CocoDetection
 from iounet.training.evaluation import (
@@ -87,9 +87,7 @@ def evaluate_detections_table(
     """
     if isinstance(backend, IoUNet):
         backend = TorchBackend(backend, next(backend.parameters()).device)
-    by_image: dict[int, list[dict]] = {}
-    for detection in detections:
-        by_image.setdefault(int(detection["image_id"]), []).append(detection)
+    by_image = group_by_image(detections)
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
     check_known(list(detections), set(index_of), set(dataset.category_to_label))
     results: dict[str, list[dict]] = {name: [] for name in METHODS}
@@ -100,14 +98,10 @@ def evaluate_detections_table(
     for image_id, items in by_image.items():
         image, target = dataset[index_of[image_id]]
         scale = float(target["scale"])
-        boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes = boxes * scale
         height, width = image.shape[1:]
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-        scores = torch.tensor([float(d["score"]) for d in items])
-        labels = torch.tensor([dataset.category_to_label[int(d["category_id"])] for d in items])
+        boxes, scores, labels = image_tensors(
+            items, scale, (height, width), dataset.category_to_label
+        )
         maps = backend.features(pad_images([image]).to(device))
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1).to(device)
         ious = backend.iou(maps, rois, labels.to(device)).cpu()
