@@ -15,9 +15,9 @@ ifeq ($(CMAKE),)
 CMAKE := $(VENV)/bin/cmake
 endif
 
-.PHONY: test demo native lint bench clean
+.PHONY: test demo native coverage lint bench gpu-check clean
 
-test: $(INSTALLED) native
+test: $(INSTALLED) native coverage
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	cd $(BUILD) && ctest --output-on-failure
@@ -28,10 +28,20 @@ demo: $(INSTALLED) native
 	$(PY) -m iounet.demo --work demo-work --out demo-output
 
 # CPU kernels (+ their sanitizer build), CUDA kernels when nvcc is found, TensorRT plugins when
-# TENSORRT_ROOT is given.
+# TENSORRT_ROOT is given. The libraries Python loads are copied into plugins/lib.
 native: $(CMAKE)
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)" -DTENSORRT_ROOT="$(TENSORRT_ROOT)"
 	$(CMAKE) --build $(BUILD) -j$(JOBS)
+
+# Line coverage of the kernel headers (prroi_pool_math.h, prroi_pool_kernel_bodies.h) by the host
+# tests, printed as one line; fails below 100% (a few seconds; cmake/kernel_coverage.cmake).
+coverage: native
+	$(CMAKE) --build $(BUILD) --target coverage
+
+# On a GPU machine (PyTorch with CUDA, nvcc, CMake; no TensorRT, no registry): builds for its
+# GPU, runs the gpu tests (a skip fails), compute-sanitizer and the latency table. No .venv.
+gpu-check:
+	$(PYTHON) benchmarks/gpu_check.py
 
 lint: $(INSTALLED)
 	$(PY) -m ruff check .
@@ -53,4 +63,4 @@ $(VENV)/bin/cmake: | $(PY)
 	$(PY) -m pip install --quiet 'cmake>=3.18'
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-gpu plugins/lib

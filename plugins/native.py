@@ -1,18 +1,18 @@
 """PrRoIPool through the native CPU kernels (libiounet_prroi_cpu, built by CMake), via ctypes.
 
 The functions take and return CPU tensors of float32 or float64 with the arguments of
-:func:`iounet.plugins.prroi_pool`; the library is loaded on first use. Set IOUNET_PRROI_CPU_LIB
-to use a library other than the one in the checkout's build/lib. With ``check_values=False``
-the roi values are not checked and the kernels' defined result applies instead: a row with a
-batch index outside [0, N) or a NaN/Inf value pools to zeros and has zero gradient. `layout`
-("auto", "planar" or "channels_last") only changes how the features are read, and so the speed.
+:func:`iounet.plugins.prroi_pool`; the library is loaded on first use from the package's lib
+folder (:mod:`iounet.plugins.libraries`), or from $IOUNET_PRROI_CPU_LIB when set. With
+``check_values=False`` the roi values are not checked and the kernels' defined result applies
+instead: a row with a batch index outside [0, N) or a NaN/Inf value pools to zeros and has zero
+gradient. `layout` ("auto", "planar" or "channels_last") only changes how the features are read,
+and so the speed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from iounet.plugins.arguments import (
     output_size_pair,
     rois_tensor,
 )
+from iounet.plugins.libraries import BUILD_HINT, library_file
 
 LIBRARY_NAME = "libiounet_prroi_cpu.so"
 #: How the kernels read the features; changes the speed only (see prroi_pool_cpu.h).
@@ -53,11 +54,8 @@ class _Shape(ctypes.Structure):
 
 
 def library_path() -> Path:
-    """Where the CPU library is looked for: $IOUNET_PRROI_CPU_LIB, else the checkout's build/lib."""
-    override = os.environ.get(LIBRARY_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1] / "build" / "lib" / LIBRARY_NAME
+    """Where the CPU library is looked for: $IOUNET_PRROI_CPU_LIB, else the package's lib folder."""
+    return library_file(LIBRARY_NAME, LIBRARY_ENV)
 
 
 @functools.cache
@@ -66,8 +64,7 @@ def load_library() -> ctypes.CDLL:
     path = library_path()
     if not path.is_file():
         raise NativeLibraryError(
-            f"{LIBRARY_NAME} not found at {path}: build it with `make native` "
-            f"(cmake -S . -B build && cmake --build build), or point {LIBRARY_ENV} at it"
+            f"{LIBRARY_NAME} not found at {path}: {BUILD_HINT}, or point {LIBRARY_ENV} at it"
         )
     try:
         library = ctypes.CDLL(str(path))
@@ -159,6 +156,8 @@ def _prepare(
     pooled_h, pooled_w = output_size_pair(output_size)
     scale = check_spatial_scale(spatial_scale)
     table = rois_tensor(rois, input, check_values).detach().contiguous()
+    if table.dtype != input.dtype:
+        raise TypeError(f"rois dtype {table.dtype} does not match input dtype {input.dtype}")
     features = input.detach().contiguous()
     batch, channels, height, width = features.shape
     shape = _Shape(
@@ -184,38 +183,6 @@ def _call(
         raise NativeLibraryError(f"iounet_prroi_{kernel} rejected its arguments (status {status})")
 
 
-class _PrRoIPoolFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, input: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float) -> Tensor:
-        ctx.save_for_backward(input, rois)
-        ctx.pooled, ctx.scale = pooled, scale
-        return prroi_pool(input, rois, pooled, scale)
-
-    @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
-        input, rois = ctx.saved_tensors
-        grad = grad_output.contiguous()
-        grad_input = grad_rois = None
-        if ctx.needs_input_grad[0]:
-            grad_input = prroi_pool_feature_grad(input, rois, grad, ctx.pooled, ctx.scale)
-        if ctx.needs_input_grad[1]:
-            grad_rois = prroi_pool_coord_grad(input, rois, grad, ctx.pooled, ctx.scale)
-        return grad_input, grad_rois, None, None
-
-
-def prroi_pool_differentiable(
-    input: Tensor,
-    rois: Tensor,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-) -> Tensor:
-    """PrRoIPool on the CPU kernels with autograd (gradients from the native kernels too).
-
-    `rois` is a (K, 5) tensor; use it where the PyTorch op is too slow, e.g. CPU training.
-    """
-    return _PrRoIPoolFunction.apply(input, rois, output_size_pair(output_size), spatial_scale)
-
-
 def available() -> bool:
     """Whether the CPU library loads."""
     try:
@@ -223,35 +190,3 @@ def available() -> bool:
     except NativeLibraryError:
         return False
     return True
-
-
-def iou_nms(
-    boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, iou_threshold: float
-) -> tuple[Tensor, Tensor]:
-    """IoU-guided NMS on the CPU library (arguments already checked by iounet.runtime.iou_nms).
-
-    Returns the kept indices (int64) in decreasing predicted IoU and their updated scores in the
-    dtype of `scores`.
-    """
-    count = boxes.shape[0]
-    box64 = boxes.detach().to(torch.float64).contiguous()
-    score64 = scores.detach().to(torch.float64).contiguous()
-    iou64 = ious.detach().to(torch.float64).contiguous()
-    label64 = None if labels is None else labels.detach().to(torch.int64).contiguous()
-    keep = torch.empty(count, dtype=torch.int64)
-    kept_scores = torch.empty(count, dtype=torch.float64)
-    kept = ctypes.c_int64(0)
-    status = load_library().iounet_iou_nms_f64(
-        ctypes.c_void_p(box64.data_ptr()),
-        ctypes.c_void_p(score64.data_ptr()),
-        ctypes.c_void_p(iou64.data_ptr()),
-        None if label64 is None else ctypes.c_void_p(label64.data_ptr()),
-        ctypes.c_int64(count),
-        ctypes.c_double(iou_threshold),
-        ctypes.c_void_p(keep.data_ptr()),
-        ctypes.c_void_p(kept_scores.data_ptr()),
-        ctypes.byref(kept),
-    )
-    if status != 0:
-        raise NativeLibraryError(f"iounet_iou_nms_f64 rejected its arguments (status {status})")
-    return keep[: kept.value].clone(), kept_scores[: kept.value].to(scores.dtype)

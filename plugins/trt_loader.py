@@ -1,7 +1,8 @@
 """Finding and registering the TensorRT plugin library (libiounet_trt_plugin, built by CMake).
 
 TensorRT is imported only when a function here is called; without it the error says what to
-install. Set IOUNET_TRT_PLUGIN_LIB to use a library other than the checkout's build/lib one.
+install. The library is looked for in the package's lib folder (:mod:`iounet.plugins.libraries`),
+or at $IOUNET_TRT_PLUGIN_LIB when set.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import functools
 import os
 from pathlib import Path
 from types import ModuleType
+
+from iounet.plugins.libraries import library_file
 
 LIBRARY_NAME = "libiounet_trt_plugin.so"
 LIBRARY_ENV = "IOUNET_TRT_PLUGIN_LIB"
@@ -31,11 +34,8 @@ def import_tensorrt() -> ModuleType:
 
 
 def plugin_library_path() -> Path:
-    """$IOUNET_TRT_PLUGIN_LIB, else the checkout's build/lib/libiounet_trt_plugin.so."""
-    override = os.environ.get(LIBRARY_ENV)
-    if override:
-        return Path(override)
-    return Path(__file__).resolve().parents[1] / "build" / "lib" / LIBRARY_NAME
+    """$IOUNET_TRT_PLUGIN_LIB, else libiounet_trt_plugin.so in the package's lib folder."""
+    return library_file(LIBRARY_NAME, LIBRARY_ENV)
 
 
 def _checked_path(path: str | os.PathLike | None) -> Path:

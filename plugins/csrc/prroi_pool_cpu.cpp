@@ -17,7 +17,10 @@
 namespace iounet {
 namespace {
 
-constexpr char kVersion[] = "0.1.0";
+#ifndef IOUNET_VERSION
+#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/_version.py)"
+#endif
+constexpr char kVersion[] = IOUNET_VERSION;
 
 //! Runs fn(task) for task in [0, count) on up to `threads` threads.
 template <typename Fn>

@@ -39,7 +39,7 @@ typedef struct IounetPrRoIPoolShape
     int64_t layout;
 } IounetPrRoIPoolShape;
 
-/* Version of the library, e.g. "0.1.0". */
+/* Version of the library: the iounet package version (IOUNET_VERSION at build time). */
 const char* iounet_prroi_version(void);
 
 int iounet_prroi_forward_f32(const float* features, const float* rois, float* output,

@@ -1,8 +1,9 @@
-// PrRoIPool CUDA kernels. Each output element (forward), box (coordinate gradient) or bin
-// (feature gradient) is computed with the shared math core in float32.
+// PrRoIPool and IoU-guided NMS CUDA kernels. Each kernel is a thin launch shell around the
+// __host__ __device__ bodies in prroi_pool_kernel_bodies.h (all arithmetic in float32 for
+// PrRoIPool), which the host test runs on the CPU with the same loops.
 #include "prroi_pool_cuda.h"
 
-#include "prroi_pool_math.h"
+#include "prroi_pool_kernel_bodies.h"
 
 #include <algorithm>
 
@@ -10,6 +11,7 @@ namespace iounet {
 namespace {
 
 constexpr int kThreads = 256;
+static_assert(kCoordGradThreads == kThreads, "the coordinate-gradient block is a kThreads block");
 
 template <typename T>
 __device__ T fromFloat(float v);
@@ -32,112 +34,39 @@ int blocksFor(int64_t count)
     return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
 }
 
-struct BinIndex
-{
-    int64_t k;
-    int64_t c;
-    int ph;
-    int pw;
-};
-
-__device__ BinIndex unravel(int64_t index, const PrRoIPoolShape& s)
-{
-    BinIndex b;
-    b.pw = static_cast<int>(index % s.pooledWidth);
-    index /= s.pooledWidth;
-    b.ph = static_cast<int>(index % s.pooledHeight);
-    index /= s.pooledHeight;
-    b.c = index % s.channels;
-    b.k = index / s.channels;
-    return b;
-}
-
-__device__ bool usable(const BoxBins<float>& box, const PrRoIPoolShape& s)
-{
-    return box.batch >= 0 && box.batch < s.batch && box.invArea != 0.0f;
-}
-
 template <typename T, typename R>
 __global__ void forwardKernel(const T* features, const R* rois, T* output, PrRoIPoolShape s)
 {
-    const int64_t total = static_cast<int64_t>(s.numRois) * s.channels * s.pooledHeight * s.pooledWidth;
+    const int64_t total = pooledCount(s);
     for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
          index += int64_t(gridDim.x) * blockDim.x)
     {
-        const BinIndex b = unravel(index, s);
-        const BoxBins<float> box = boxBins<float>(rois + 5 * b.k, s.spatialScale, s.pooledHeight, s.pooledWidth);
-        float value = 0.0f;
-        if (usable(box, s))
-        {
-            const T* plane = features + (box.batch * int64_t(s.channels) + b.c) * s.height * s.width;
-            value = box.invArea
-                * binIntegral(plane, s.height, s.width, binEdge(box.x0, box.binW, b.pw),
-                    binEdge(box.x0, box.binW, b.pw + 1), binEdge(box.y0, box.binH, b.ph),
-                    binEdge(box.y0, box.binH, b.ph + 1));
-        }
-        output[index] = fromFloat<T>(value);
+        output[index] = fromFloat<T>(forwardValue(features, rois, s, index));
     }
 }
 
 // One block per box: its threads stride over (channel, bin) and reduce the four corner gradients
 // in shared memory, so no atomics are needed.
 template <typename T, typename R>
-__global__ void coordGradKernel(const T* features, const R* rois, const T* gradOutput, R* gradRois, PrRoIPoolShape s)
+__global__ void __launch_bounds__(kCoordGradThreads)
+    coordGradKernel(const T* features, const R* rois, const T* gradOutput, R* gradRois, PrRoIPoolShape s)
 {
-    __shared__ float partial[kThreads][4];
+    __shared__ float partial[kCoordGradThreads][4];
     const int64_t k = blockIdx.x;
-    const BoxBins<float> box = boxBins<float>(rois + 5 * k, s.spatialScale, s.pooledHeight, s.pooledWidth);
-    float grad[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (usable(box, s))
-    {
-        const int bins = s.pooledHeight * s.pooledWidth;
-        const int64_t work = int64_t(s.channels) * bins;
-        for (int64_t index = threadIdx.x; index < work; index += blockDim.x)
-        {
-            const int64_t c = index / bins;
-            const int ph = static_cast<int>(index % bins) / s.pooledWidth;
-            const int pw = static_cast<int>(index % bins) % s.pooledWidth;
-            const float g = static_cast<float>(gradOutput[(k * s.channels + c) * bins + ph * s.pooledWidth + pw]);
-            if (g == 0.0f)
-            {
-                continue;
-            }
-            const T* plane = features + (box.batch * int64_t(s.channels) + c) * s.height * s.width;
-            const float xa = binEdge(box.x0, box.binW, pw);
-            const float xb = binEdge(box.x0, box.binW, pw + 1);
-            const float ya = binEdge(box.y0, box.binH, ph);
-            const float yb = binEdge(box.y0, box.binH, ph + 1);
-            BinMoments<float> m;
-            m.integral = g * binIntegral(plane, s.height, s.width, xa, xb, ya, yb);
-            m.left = g * verticalLineIntegral(plane, s.height, s.width, xa, ya, yb);
-            m.right = g * verticalLineIntegral(plane, s.height, s.width, xb, ya, yb);
-            m.top = g * horizontalLineIntegral(plane, s.height, s.width, ya, xa, xb);
-            m.bottom = g * horizontalLineIntegral(plane, s.height, s.width, yb, xa, xb);
-            accumulateCornerGradient(box, m, ph, pw, s.pooledHeight, s.pooledWidth, grad);
-        }
-    }
-    for (int d = 0; d < 4; ++d)
-    {
-        partial[threadIdx.x][d] = grad[d];
-    }
+    coordGradThread(features, rois, gradOutput, s, k, threadIdx.x, partial[threadIdx.x]);
     __syncthreads();
-    for (int stride = blockDim.x / 2; stride > 0; stride /= 2)
+    for (int stride = kCoordGradThreads / 2; stride > 0; stride /= 2)
     {
-        if (threadIdx.x < stride)
-        {
-            for (int d = 0; d < 4; ++d)
-            {
-                partial[threadIdx.x][d] += partial[threadIdx.x + stride][d];
-            }
-        }
+        coordGradReduceStep(partial, threadIdx.x, stride);
         __syncthreads();
     }
     if (threadIdx.x == 0)
     {
-        gradRois[5 * k] = fromFloat<R>(0.0f);
-        for (int d = 0; d < 4; ++d)
+        float row[5];
+        coordGradRow(partial[0], s, row);
+        for (int d = 0; d < 5; ++d)
         {
-            gradRois[5 * k + 1 + d] = fromFloat<R>(partial[0][d] * s.spatialScale);
+            gradRois[5 * k + d] = fromFloat<R>(row[d]);
         }
     }
 }
@@ -145,29 +74,17 @@ __global__ void coordGradKernel(const T* features, const R* rois, const T* gradO
 template <typename T, typename R>
 __global__ void featureGradKernel(const R* rois, const T* gradOutput, float* accumulator, PrRoIPoolShape s)
 {
-    const int64_t total = static_cast<int64_t>(s.numRois) * s.channels * s.pooledHeight * s.pooledWidth;
+    const int64_t total = pooledCount(s);
     for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
          index += int64_t(gridDim.x) * blockDim.x)
     {
-        const BinIndex b = unravel(index, s);
-        const BoxBins<float> box = boxBins<float>(rois + 5 * b.k, s.spatialScale, s.pooledHeight, s.pooledWidth);
-        const float g = static_cast<float>(gradOutput[index]);
-        if (!usable(box, s) || g == 0.0f)
+        const FeatureGradBin bin = featureGradBin(rois, gradOutput, s, index);
+        float* plane = accumulator + bin.plane;
+        for (int i = bin.sy.begin; i < bin.sy.end; ++i)
         {
-            continue;
-        }
-        const float xa = binEdge(box.x0, box.binW, b.pw);
-        const float xb = binEdge(box.x0, box.binW, b.pw + 1);
-        const float ya = binEdge(box.y0, box.binH, b.ph);
-        const float yb = binEdge(box.y0, box.binH, b.ph + 1);
-        const Span sx = gridSpan(xa, xb, s.width);
-        const Span sy = gridSpan(ya, yb, s.height);
-        float* plane = accumulator + (box.batch * int64_t(s.channels) + b.c) * s.height * s.width;
-        for (int i = sy.begin; i < sy.end; ++i)
-        {
-            for (int j = sx.begin; j < sx.end; ++j)
+            for (int j = bin.sx.begin; j < bin.sx.end; ++j)
             {
-                atomicAdd(plane + i * s.width + j, g * featureGradWeight(box, xa, xb, ya, yb, i, j));
+                atomicAdd(plane + i * s.width + j, featureGradWeightAt(bin, i, j));
             }
         }
     }
@@ -203,13 +120,37 @@ cudaError_t finishFeatureGrad(__half* gradFeatures, float* workspace, int64_t co
     return cudaGetLastError();
 }
 
+// IoU-guided NMS: one thread per mask word, then one thread for the sequential pass.
+template <typename S>
+__global__ void iouNmsMaskKernel(
+    const S* boxes, const int64_t* labels, const int64_t* order, int64_t n, S threshold, uint64_t* mask)
+{
+    const int64_t words = nmsMaskWords(n);
+    const int64_t total = n * words;
+    for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
+         index += int64_t(gridDim.x) * blockDim.x)
+    {
+        mask[index] = iouNmsMaskWord(boxes, labels, order, n, threshold, index / words, index % words);
+    }
+}
+
+template <typename S>
+__global__ void iouNmsPassKernel(const uint64_t* mask, const S* scores, const int64_t* order, int64_t n,
+    uint64_t* removed, int64_t* keep, S* keptScores, int64_t* numKept)
+{
+    if (blockIdx.x == 0 && threadIdx.x == 0)
+    {
+        iouNmsSequentialPass(mask, scores, order, n, removed, keep, keptScores, numKept);
+    }
+}
+
 } // namespace
 
 template <typename T, typename R>
 cudaError_t prroiPoolForwardCuda(
     const T* features, const R* rois, T* output, const PrRoIPoolShape& shape, cudaStream_t stream)
 {
-    const int64_t total = int64_t(shape.numRois) * shape.channels * shape.pooledHeight * shape.pooledWidth;
+    const int64_t total = pooledCount(shape);
     if (total == 0)
     {
         return cudaSuccess;
@@ -226,7 +167,7 @@ cudaError_t prroiPoolCoordGradCuda(const T* features, const R* rois, const T* gr
     {
         return cudaSuccess;
     }
-    coordGradKernel<T, R><<<shape.numRois, kThreads, 0, stream>>>(features, rois, gradOutput, gradRois, shape);
+    coordGradKernel<T, R><<<shape.numRois, kCoordGradThreads, 0, stream>>>(features, rois, gradOutput, gradRois, shape);
     return cudaGetLastError();
 }
 
@@ -245,13 +186,46 @@ cudaError_t prroiPoolFeatureGradCuda(const R* rois, const T* gradOutput, T* grad
         return cudaErrorInvalidValue;
     }
     cudaError_t status = cudaMemsetAsync(accumulator, 0, count * sizeof(float), stream);
-    const int64_t total = int64_t(shape.numRois) * shape.channels * shape.pooledHeight * shape.pooledWidth;
+    const int64_t total = pooledCount(shape);
     if (status == cudaSuccess && total > 0)
     {
         featureGradKernel<T, R><<<blocksFor(total), kThreads, 0, stream>>>(rois, gradOutput, accumulator, shape);
         status = cudaGetLastError();
     }
     return status == cudaSuccess ? finishFeatureGrad(gradFeatures, workspace, count, stream) : status;
+}
+
+cudaError_t prroiPoolCudaProbe()
+{
+    cudaFuncAttributes attributes;
+    return cudaFuncGetAttributes(&attributes, forwardKernel<float, float>);
+}
+
+int64_t iouNmsCudaWorkspaceBytes(int64_t n)
+{
+    const int64_t words = n > 0 ? nmsMaskWords(n) : 0;
+    return (n * words + words) * int64_t(sizeof(uint64_t));
+}
+
+template <typename S>
+cudaError_t iouNmsCuda(const S* boxes, const S* scores, const int64_t* order, const int64_t* labels, int64_t n,
+    S threshold, void* workspace, int64_t* keep, S* keptScores, int64_t* numKept, cudaStream_t stream)
+{
+    if (n <= 0)
+    {
+        return cudaMemsetAsync(numKept, 0, sizeof(int64_t), stream);
+    }
+    uint64_t* mask = static_cast<uint64_t*>(workspace);
+    uint64_t* removed = mask + n * nmsMaskWords(n);
+    iouNmsMaskKernel<S><<<blocksFor(n * nmsMaskWords(n)), kThreads, 0, stream>>>(
+        boxes, labels, order, n, threshold, mask);
+    cudaError_t status = cudaGetLastError();
+    if (status != cudaSuccess)
+    {
+        return status;
+    }
+    iouNmsPassKernel<S><<<1, 1, 0, stream>>>(mask, scores, order, n, removed, keep, keptScores, numKept);
+    return cudaGetLastError();
 }
 
 #define IOUNET_INSTANTIATE(T, R)                                                                                       \
@@ -264,5 +238,10 @@ cudaError_t prroiPoolFeatureGradCuda(const R* rois, const T* gradOutput, T* grad
 IOUNET_INSTANTIATE(float, float)
 IOUNET_INSTANTIATE(__half, __half)
 IOUNET_INSTANTIATE(__half, float)
+
+template cudaError_t iouNmsCuda<float>(const float*, const float*, const int64_t*, const int64_t*, int64_t, float,
+    void*, int64_t*, float*, int64_t*, cudaStream_t);
+template cudaError_t iouNmsCuda<double>(const double*, const double*, const int64_t*, const int64_t*, int64_t, double,
+    void*, int64_t*, double*, int64_t*, cudaStream_t);
 
 } // namespace iounet

@@ -5,24 +5,14 @@
 // A roi whose rounded batch index is outside [0, N) yields zeros (and no gradient).
 #pragma once
 
+#include "prroi_pool_kernel_bodies.h" // PrRoIPoolShape
+
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
 
 namespace iounet {
-
-struct PrRoIPoolShape
-{
-    int32_t batch;    // N
-    int32_t channels; // C
-    int32_t height;   // H
-    int32_t width;    // W
-    int32_t numRois;  // K
-    int32_t pooledHeight;
-    int32_t pooledWidth;
-    float spatialScale;
-};
 
 //! output (K, C, PH, PW) = PrRoIPool(features (N, C, H, W), rois (K, 5)).
 template <typename T, typename R>
@@ -40,5 +30,24 @@ cudaError_t prroiPoolCoordGradCuda(const T* features, const R* rois, const T* gr
 template <typename T, typename R>
 cudaError_t prroiPoolFeatureGradCuda(const R* rois, const T* gradOutput, T* gradFeatures, float* workspace,
     const PrRoIPoolShape& shape, cudaStream_t stream);
+
+//! cudaSuccess when the kernels can run on the calling thread's current device; else why not (no
+//! device, a driver older than the runtime, no kernel image for the device's architecture).
+cudaError_t prroiPoolCudaProbe();
+
+//! Bytes of device workspace iouNmsCuda needs for n boxes: the n x ceil(n / 64) mask words and
+//! ceil(n / 64) more (8-byte aligned).
+int64_t iouNmsCudaWorkspaceBytes(int64_t n);
+
+//! IoU-guided NMS (IoU-Net, Algorithm 1) on the device, with no host round trip: a parallel
+//! IoU mask over the pairs of boxes in `order`, then one on-device sequential pass. `order` is a
+//! permutation of [0, n): the boxes in decreasing predicted IoU, ties lower index first (a stable
+//! descending argsort of the predicted IoUs, done by the caller). boxes (n, 4) x0, y0, x1, y1 and
+//! scores (n) in S (float or double; IoUs in S), labels (n) int64 or null (one label). Writes the
+//! kept indices in that order to keep (n long), their updated scores to keptScores (n long) and
+//! the count to *numKept, all device memory (n = 0 only sets *numKept to 0).
+template <typename S>
+cudaError_t iouNmsCuda(const S* boxes, const S* scores, const int64_t* order, const int64_t* labels, int64_t n,
+    S threshold, void* workspace, int64_t* keep, S* keptScores, int64_t* numKept, cudaStream_t stream);
 
 } // namespace iounet

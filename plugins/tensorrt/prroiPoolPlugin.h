@@ -23,7 +23,10 @@ namespace iounet
 
 constexpr char const* kPRROI_POOL_PLUGIN_VERSION = "1";
 constexpr char const* kPRROI_POOL_PLUGIN_NAMESPACE = "";
-constexpr char const* kPRROI_POOL_LIBRARY_VERSION = "0.1.0";
+#ifndef IOUNET_VERSION
+#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/_version.py)"
+#endif
+constexpr char const* kPRROI_POOL_LIBRARY_VERSION = IOUNET_VERSION;
 
 //! The attributes both plugins take.
 struct PrRoIPoolParams
@@ -194,6 +197,6 @@ extern "C"
     //! Gives the library TensorRT's logger finder; plugin errors go to its logger, to stderr before that.
     __attribute__((visibility("default"))) void setLoggerFinder(nvinfer1::ILoggerFinder* finder);
 
-    //! Version of this plugin library, e.g. "0.1.0".
+    //! Version of this plugin library: the iounet package version (IOUNET_VERSION at build time).
     __attribute__((visibility("default"))) char const* iounetPluginLibraryVersion();
 }

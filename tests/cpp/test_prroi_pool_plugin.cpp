@@ -310,7 +310,7 @@ void testCreators()
             CHECK(fc->fields[f].length == 1);
         }
     }
-    CHECK(std::strcmp(iounetPluginLibraryVersion(), "0.1.0") == 0);
+    CHECK(std::strcmp(iounetPluginLibraryVersion(), IOUNET_VERSION) == 0);
 }
 
 void testValidAttributes()
@@ -828,7 +828,7 @@ void testLoadLibrary()
         int32_t count = 0;
         IPluginCreatorInterface* const* list = getCreatorsEntry(count);
         CHECK(hasNames(list, count));
-        CHECK(std::strcmp(version(), "0.1.0") == 0);
+        CHECK(std::strcmp(version(), IOUNET_VERSION) == 0);
     }
     // Internal symbols stay hidden.
     CHECK(dlsym(library, "_ZN6iounet19prroiPoolFieldNamesEv") == nullptr);

@@ -1,0 +1,121 @@
+# Line coverage of the kernel headers by the host tests, without gcovr: runs the instrumented tests,
+# runs gcov on their objects and merges its per-translation-unit reports of each header (a line
+# counts as executed when any test or translation unit ran it, and as executable when any of them
+# has code for it). Prints one line:
+#   kernel headers line coverage: prroi_pool_math.h 100.0% (N/N), prroi_pool_kernel_bodies.h 100.0% (M/M)
+# and the lines not executed, if any.
+#
+#   cmake -DGCOV="gcov" -DTESTS="a|b" -DOBJECTS="x.o|y.o" -DHEADERS="h1|h2" -DSOURCE_DIR=<checkout>
+#         -DWORK_DIR=<scratch folder> [-DFAIL_UNDER=100] -P kernel_coverage.cmake
+# Lists are separated by "|"; GCOV may be a command with arguments ("llvm-cov gcov"), separated
+# by spaces. FAIL_UNDER (a percentage) makes a header below it an error.
+cmake_minimum_required(VERSION 3.18)
+
+foreach(variable GCOV TESTS OBJECTS HEADERS SOURCE_DIR WORK_DIR)
+  if(NOT DEFINED ${variable} OR "${${variable}}" STREQUAL "")
+    message(FATAL_ERROR "kernel_coverage.cmake: -D${variable}=... is required")
+  endif()
+endforeach()
+string(REPLACE "|" ";" tests "${TESTS}")
+string(REPLACE "|" ";" objects "${OBJECTS}")
+string(REPLACE "|" ";" headers "${HEADERS}")
+separate_arguments(gcov UNIX_COMMAND "${GCOV}")
+
+# Counts from an earlier run would be merged in: start from none.
+set(counts)
+foreach(object IN LISTS objects)
+  string(REGEX REPLACE "\\.(o|obj)$" ".gcda" gcda "${object}")
+  file(REMOVE "${gcda}")
+  list(APPEND counts "${gcda}")
+endforeach()
+
+foreach(test IN LISTS tests)
+  execute_process(COMMAND "${test}" RESULT_VARIABLE status OUTPUT_VARIABLE output ERROR_VARIABLE output)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "kernel coverage: ${test} failed (${status}):\n${output}")
+  endif()
+endforeach()
+
+set(existing)
+foreach(gcda IN LISTS counts)
+  if(EXISTS "${gcda}")
+    list(APPEND existing "${gcda}")
+  endif()
+endforeach()
+if(NOT existing)
+  message(FATAL_ERROR "kernel coverage: the tests wrote no .gcda files next to ${OBJECTS}")
+endif()
+
+# gcov once per translation unit, each in its own folder: a .gcov file per source it includes,
+# named after its path (-p), for the sources under SOURCE_DIR only (-s, -r).
+file(REMOVE_RECURSE "${WORK_DIR}")
+set(unit 0)
+foreach(gcda IN LISTS existing)
+  math(EXPR unit "${unit} + 1")
+  file(MAKE_DIRECTORY "${WORK_DIR}/${unit}")
+  execute_process(COMMAND ${gcov} -p -r -s "${SOURCE_DIR}" "${gcda}"
+    WORKING_DIRECTORY "${WORK_DIR}/${unit}" RESULT_VARIABLE status OUTPUT_VARIABLE output ERROR_VARIABLE output)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "kernel coverage: ${GCOV} ${gcda} failed (${status}):\n${output}")
+  endif()
+endforeach()
+
+set(summary)
+set(failures)
+foreach(header IN LISTS headers)
+  get_filename_component(name "${header}" NAME)
+  file(GLOB reports "${WORK_DIR}/*/*${name}.gcov")
+  set(executable)
+  set(executed)
+  foreach(report IN LISTS reports)
+    file(READ "${report}" text)
+    # "<count>:<line>:<source>" rows; count "-" is no code, "#####", "=====", "%%%%%" or "$$$$$"
+    # code never run (the last three: only on exceptional or otherwise special paths).
+    string(REGEX MATCHALL "\n *(#####|=====|%%%%%|\\$\\$\\$\\$\\$|[0-9]+\\*?): *[0-9]+:" rows "${text}")
+    foreach(row IN LISTS rows)
+      string(REGEX REPLACE "^\n *([^:]+): *([0-9]+):$" "\\1" count "${row}")
+      string(REGEX REPLACE "^\n *([^:]+): *([0-9]+):$" "\\2" line "${row}")
+      list(APPEND executable ${line})
+      if(count MATCHES "^[0-9]" AND NOT count MATCHES "^0+\\*?$")
+        list(APPEND executed ${line})
+      endif()
+    endforeach()
+  endforeach()
+  list(REMOVE_DUPLICATES executable)
+  list(LENGTH executable total)
+  if(executed)
+    list(REMOVE_DUPLICATES executed)
+  endif()
+  list(LENGTH executed covered)
+  if(total EQUAL 0)
+    message(FATAL_ERROR "kernel coverage: no code of ${name} in the gcov reports (${WORK_DIR})")
+  endif()
+  math(EXPR tenths "1000 * ${covered} / ${total}")
+  math(EXPR whole "${tenths} / 10")
+  math(EXPR tenth "${tenths} % 10")
+  list(APPEND summary "${name} ${whole}.${tenth}% (${covered}/${total})")
+  set(missed ${executable})
+  if(executed)
+    list(REMOVE_ITEM missed ${executed})
+  endif()
+  if(missed)
+    list(SORT missed COMPARE NATURAL)
+    foreach(line IN LISTS missed)
+      message("  not executed: ${name}:${line}")
+    endforeach()
+  endif()
+  if(DEFINED FAIL_UNDER AND NOT FAIL_UNDER STREQUAL "")
+    math(EXPR needed "${FAIL_UNDER} * ${total}")
+    math(EXPR have "100 * ${covered}")
+    if(have LESS needed)
+      list(APPEND failures "${name}")
+    endif()
+  endif()
+endforeach()
+
+list(JOIN summary ", " summary)
+message("kernel headers line coverage: ${summary}")
+if(failures)
+  list(JOIN failures ", " failures)
+  message(FATAL_ERROR "kernel coverage: below ${FAIL_UNDER}%: ${failures}")
+endif()

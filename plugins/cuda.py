@@ -1,0 +1,340 @@
+"""PrRoIPool and IoU-guided NMS through the CUDA kernels (libiounet_prroi_cuda), via ctypes.
+
+CMake builds the library whenever it finds nvcc (``plugins/csrc/prroi_pool_cuda_api.h`` is its
+C API; the TensorRT plugins launch the same kernels). It is loaded on first use from the package's
+lib folder (:mod:`iounet.plugins.libraries`), or from $IOUNET_PRROI_CUDA_LIB when set.
+
+The functions take CUDA tensors, check their dtypes, shapes and devices, and launch on the
+current stream of the tensors' device without synchronizing (``iou_nms`` reads the kept count
+back: one synchronization). PrRoIPool: ``features`` (N, C, H, W) float32 or float16 (float32
+arithmetic), ``rois`` (K, 5) float32 rows ``[batch_index, x0, y0, x1, y1]``; roi values are not
+checked: a row whose batch index does not round into [0, N), or with a NaN/Inf value, pools to
+zeros and has zero gradient. A status the library returns is raised as :class:`CudaLibraryError`
+with the library's message.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import numbers
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from iounet.plugins.libraries import BUILD_HINT, library_file
+
+LIBRARY_NAME = "libiounet_prroi_cuda.so"
+LIBRARY_ENV = "IOUNET_PRROI_CUDA_LIB"
+_SUFFIX = {torch.float32: "f32", torch.float16: "f16"}
+_NMS_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+
+
+class CudaLibraryError(RuntimeError):
+    """The CUDA library is missing, fails to load, or returned an error status."""
+
+
+class _Shape(ctypes.Structure):
+    _fields_ = [
+        ("batch", ctypes.c_int64),
+        ("channels", ctypes.c_int64),
+        ("height", ctypes.c_int64),
+        ("width", ctypes.c_int64),
+        ("num_rois", ctypes.c_int64),
+        ("pooled_height", ctypes.c_int64),
+        ("pooled_width", ctypes.c_int64),
+        ("spatial_scale", ctypes.c_double),
+    ]
+
+
+_P = ctypes.c_void_p
+_SHAPE = ctypes.POINTER(_Shape)
+_SIGNATURES = {
+    "iounet_prroi_cuda_version": (ctypes.c_char_p, []),
+    "iounet_prroi_cuda_error_message": (ctypes.c_char_p, [ctypes.c_int]),
+    "iounet_prroi_cuda_probe": (ctypes.c_int, []),
+    "iounet_iou_nms_cuda_workspace_bytes": (ctypes.c_int64, [ctypes.c_int64]),
+    **{
+        f"iounet_prroi_cuda_forward_{s}": (ctypes.c_int, [_P, _P, _P, _SHAPE, _P])
+        for s in ("f32", "f16")
+    },
+    **{
+        f"iounet_prroi_cuda_coord_grad_{s}": (ctypes.c_int, [_P, _P, _P, _P, _SHAPE, _P])
+        for s in ("f32", "f16")
+    },
+    "iounet_prroi_cuda_feature_grad_f32": (ctypes.c_int, [_P, _P, _P, _SHAPE, _P]),
+    "iounet_prroi_cuda_feature_grad_f16": (ctypes.c_int, [_P, _P, _P, _P, _SHAPE, _P]),
+    **{
+        f"iounet_iou_nms_cuda_{s}": (
+            ctypes.c_int,
+            [_P, _P, _P, _P, ctypes.c_int64, ctypes.c_double, _P, _P, _P, _P, _P],
+        )
+        for s in ("f32", "f64")
+    },
+}
+
+
+def library_path() -> Path:
+    """Where the library is looked for: $IOUNET_PRROI_CUDA_LIB, else the package's lib folder."""
+    return library_file(LIBRARY_NAME, LIBRARY_ENV)
+
+
+@functools.cache
+def load_library() -> ctypes.CDLL:
+    """Load the CUDA library once; raise CudaLibraryError saying how to build it if missing."""
+    path = library_path()
+    if not path.is_file():
+        raise CudaLibraryError(
+            f"{LIBRARY_NAME} not found at {path}: {BUILD_HINT} on a machine with nvcc, "
+            f"or point {LIBRARY_ENV} at it"
+        )
+    try:
+        library = ctypes.CDLL(str(path))
+        for name, (restype, argtypes) in _SIGNATURES.items():
+            function = getattr(library, name)
+            function.restype = restype
+            function.argtypes = argtypes
+    except (OSError, AttributeError) as error:
+        raise CudaLibraryError(f"cannot load {path}: {error}") from error
+    return library
+
+
+def library_version() -> str:
+    """Version of the loaded CUDA library (the iounet version it was built from)."""
+    return load_library().iounet_prroi_cuda_version().decode()
+
+
+def available(device: torch.device | int | None = None) -> bool:
+    """Whether the library loads and its kernels run on `device` (default: the current one)."""
+    try:
+        library = load_library()
+    except CudaLibraryError:
+        return False
+    if not torch.cuda.is_available():
+        return False
+    if isinstance(device, int):
+        device = torch.device("cuda", device)
+    if device is not None and torch.device(device).type != "cuda":
+        return False
+    index = None if device is None else torch.device(device).index
+    return _probe(library, torch.cuda.current_device() if index is None else index)
+
+
+@functools.cache
+def _probe(library: ctypes.CDLL, device: int) -> bool:
+    with torch.cuda.device(device):
+        return library.iounet_prroi_cuda_probe() == 0
+
+
+def prroi_pool(
+    features: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> Tensor:
+    """PrRoIPool forward: (K, C, pooled_height, pooled_width) in the dtype of `features`."""
+    features, rois, shape = _prepare(features, rois, pooled_height, pooled_width, spatial_scale)
+    output = features.new_empty((shape.num_rois, shape.channels, pooled_height, pooled_width))
+    _launch(f"iounet_prroi_cuda_forward_{_SUFFIX[features.dtype]}", features, rois, output, shape)
+    return output
+
+
+def prroi_pool_coord_grad(
+    features: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5) float32.
+
+    Column 0 (the batch index) is zero.
+    """
+    features, rois, shape = _prepare(features, rois, pooled_height, pooled_width, spatial_scale)
+    grad = _grad_output(grad_output, features, shape)
+    grad_rois = rois.new_empty((shape.num_rois, 5))
+    name = f"iounet_prroi_cuda_coord_grad_{_SUFFIX[features.dtype]}"
+    _launch(name, features, rois, grad, grad_rois, shape)
+    return grad_rois
+
+
+def prroi_pool_feature_grad(
+    features: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    """Gradient w.r.t. the features: the shape and dtype of `features` (whose values are not read).
+
+    Summed with float32 atomics (the last bits may vary between runs); for float16 in a float32
+    workspace converted at the end.
+    """
+    features, rois, shape = _prepare(features, rois, pooled_height, pooled_width, spatial_scale)
+    grad = _grad_output(grad_output, features, shape)
+    grad_features = torch.empty_like(features)
+    if features.dtype == torch.float16:
+        workspace = torch.empty(features.shape, dtype=torch.float32, device=features.device)
+        name = "iounet_prroi_cuda_feature_grad_f16"
+        _launch(name, rois, grad, grad_features, workspace, shape)
+    else:
+        name = "iounet_prroi_cuda_feature_grad_f32"
+        _launch(name, rois, grad, grad_features, shape)
+    return grad_features
+
+
+def iou_nms(
+    boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, threshold: float
+) -> tuple[Tensor, Tensor]:
+    """IoU-guided NMS (IoU-Net, Algorithm 1) on the GPU: ``(keep, kept_scores)``.
+
+    ``boxes`` (n, 4) x0, y0, x1, y1, ``scores`` and ``ious`` (n) on one CUDA device, all float32
+    or all float64 (IoUs are computed in that dtype, the threshold rounded to it); ``labels`` an
+    integer (n) tensor or None (one label). Boxes are taken in decreasing ``ious`` (ties: lower
+    index first); a box not yet eliminated is kept, eliminates the later boxes of its label whose
+    IoU with it is greater than ``threshold`` and takes the highest score among itself and them.
+    Returns the kept indices (int64) in that order and their updated scores (dtype of ``scores``).
+    The kernels do no host round trip; slicing the result to the kept count reads it back.
+    """
+    _check_nms(boxes, scores, ious, labels, threshold)
+    n = boxes.shape[0]
+    device = boxes.device
+    keep = torch.empty(n, dtype=torch.int64, device=device)
+    kept_scores = torch.empty(n, dtype=scores.dtype, device=device)
+    num_kept = torch.zeros(1, dtype=torch.int64, device=device)
+    if n == 0:
+        return keep, kept_scores
+    library = load_library()
+    size = library.iounet_iou_nms_cuda_workspace_bytes(n)
+    if size < 0:
+        raise ValueError(f"iou_nms: {n} boxes are too many for the CUDA kernels")
+    with torch.cuda.device(device):
+        box_table = boxes.detach().contiguous()
+        score_table = scores.detach().contiguous()
+        order = torch.argsort(ious.detach(), descending=True, stable=True)
+        workspace = torch.empty(size, dtype=torch.uint8, device=device)
+        label64 = None if labels is None else labels.to(torch.int64).contiguous()
+        name = f"iounet_iou_nms_cuda_{_NMS_SUFFIX[boxes.dtype]}"
+        status = getattr(library, name)(
+            box_table.data_ptr(),
+            score_table.data_ptr(),
+            order.data_ptr(),
+            None if label64 is None else label64.data_ptr(),
+            n,
+            float(threshold),
+            workspace.data_ptr(),
+            keep.data_ptr(),
+            kept_scores.data_ptr(),
+            num_kept.data_ptr(),
+            torch.cuda.current_stream(device).cuda_stream,
+        )
+        _raise_for(status, name)
+    count = int(num_kept.item())
+    return keep[:count], kept_scores[:count]
+
+
+def _prepare(
+    features: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> tuple[Tensor, Tensor, _Shape]:
+    if not isinstance(features, Tensor) or not isinstance(rois, Tensor):
+        raise TypeError("features and rois must be torch.Tensors")
+    if features.device.type != "cuda":
+        raise ValueError(f"features must be a CUDA tensor, got one on {features.device}")
+    if features.dim() != 4:
+        raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
+    if features.dtype not in _SUFFIX:
+        raise TypeError(f"features must be float32 or float16, got {features.dtype}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
+    if rois.dtype != torch.float32:
+        raise TypeError(f"rois must be float32, got {rois.dtype}")
+    if rois.device != features.device:
+        raise ValueError(f"rois are on {rois.device}, features on {features.device}")
+    for name, value in (("pooled_height", pooled_height), ("pooled_width", pooled_width)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if (
+        isinstance(spatial_scale, bool)
+        or not isinstance(spatial_scale, numbers.Real)
+        or not math.isfinite(spatial_scale)
+        or spatial_scale <= 0
+    ):
+        raise ValueError(f"spatial_scale must be finite and positive, got {spatial_scale!r}")
+    batch, channels, height, width = features.shape
+    shape = _Shape(
+        batch,
+        channels,
+        height,
+        width,
+        rois.shape[0],
+        int(pooled_height),
+        int(pooled_width),
+        float(spatial_scale),
+    )
+    return features.detach().contiguous(), rois.detach().contiguous(), shape
+
+
+def _grad_output(grad_output: Tensor, features: Tensor, shape: _Shape) -> Tensor:
+    expected = (shape.num_rois, shape.channels, shape.pooled_height, shape.pooled_width)
+    if not isinstance(grad_output, Tensor) or tuple(grad_output.shape) != expected:
+        got = tuple(grad_output.shape) if isinstance(grad_output, Tensor) else grad_output
+        raise ValueError(f"grad_output must have shape {expected} (K, C, PH, PW), got {got}")
+    if grad_output.dtype != features.dtype or grad_output.device != features.device:
+        raise TypeError(
+            f"grad_output is {grad_output.dtype} on {grad_output.device}, "
+            f"features are {features.dtype} on {features.device}"
+        )
+    return grad_output.detach().contiguous()
+
+
+def _check_nms(
+    boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, threshold: float
+) -> None:
+    for name, tensor in (("boxes", boxes), ("scores", scores), ("ious", ious), ("labels", labels)):
+        if not isinstance(tensor, Tensor) and not (name == "labels" and tensor is None):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if boxes.device.type != "cuda":
+        raise ValueError(f"boxes must be a CUDA tensor, got one on {boxes.device}")
+    if boxes.dtype not in _NMS_SUFFIX:
+        raise TypeError(f"boxes must be float32 or float64, got {boxes.dtype}")
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (n, 4), got {tuple(boxes.shape)}")
+    n = boxes.shape[0]
+    for name, tensor in (("scores", scores), ("ious", ious), ("labels", labels)):
+        if tensor is None:
+            continue
+        if tuple(tensor.shape) != (n,):
+            raise ValueError(f"{name} must have shape ({n},), got {tuple(tensor.shape)}")
+        if tensor.device != boxes.device:
+            raise ValueError(f"{name} are on {tensor.device}, boxes on {boxes.device}")
+        if name != "labels" and tensor.dtype != boxes.dtype:
+            raise TypeError(
+                f"{name} must have the dtype of boxes ({boxes.dtype}), got {tensor.dtype}"
+            )
+    if labels is not None and (
+        labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
+    ):
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if (
+        isinstance(threshold, bool)
+        or not isinstance(threshold, numbers.Real)
+        or math.isnan(threshold)
+    ):
+        raise ValueError(f"threshold must be a real number, got {threshold!r}")
+
+
+def _launch(name: str, *arguments: Tensor | _Shape) -> None:
+    """Call `name` with the tensors' pointers (and the shape) and their device's current stream."""
+    device = next(a for a in arguments if isinstance(a, Tensor)).device
+    values = [ctypes.byref(a) if isinstance(a, _Shape) else a.data_ptr() for a in arguments]
+    with torch.cuda.device(device):
+        stream = torch.cuda.current_stream(device).cuda_stream
+        status = getattr(load_library(), name)(*values, stream)
+    _raise_for(status, name)
+
+
+def _raise_for(status: int, name: str) -> None:
+    if status != 0:
+        message = load_library().iounet_prroi_cuda_error_message(status).decode()
+        raise CudaLibraryError(f"{name} failed (status {status}): {message}")
