@@ -1,8 +1,22 @@
-"""The PrRoIPool ops in every backend: the PyTorch op (the reference), the native CPU kernels
-(`iounet.plugins.native`), ONNX Runtime sessions that run them, and the TensorRT plugins
-(built by CMake, see plugins/tensorrt/README.md)."""
+"""PrRoIPool in every backend: registered PyTorch ops (``torch.ops.iounet.*``, with the native CPU
+kernels, the CUDA kernels where built and a plain PyTorch reference), the functional API and
+module, ONNX Runtime sessions that run the exported nodes, and the TensorRT plugins (built by
+CMake, see plugins/tensorrt/README.md)."""
 
 from iounet.plugins.onnxruntime import onnxruntime_session
-from iounet.plugins.pytorch import PrRoIPool, prroi_pool, prroi_pool_coord_grad
+from iounet.plugins.ops import reference_kernels
+from iounet.plugins.pytorch import (
+    PrRoIPool,
+    prroi_pool,
+    prroi_pool_coord_grad,
+    prroi_pool_feature_grad,
+)
 
-__all__ = ["PrRoIPool", "onnxruntime_session", "prroi_pool", "prroi_pool_coord_grad"]
+__all__ = [
+    "PrRoIPool",
+    "onnxruntime_session",
+    "prroi_pool",
+    "prroi_pool_coord_grad",
+    "prroi_pool_feature_grad",
+    "reference_kernels",
+]

@@ -54,7 +54,8 @@ def rois_tensor(
 ) -> Tensor:
     """Return `rois` as a checked (K, 5) tensor `[batch_index, x0, y0, x1, y1]`.
 
-    `rois` is either that tensor or a list of per-image (Ki, 4) box tensors. With
+    `rois` is either that tensor or a list of per-image (Ki, 4) floating box tensors (any
+    floating dtype: float32 boxes go with float16/bfloat16 maps). With
     `check_values`, NaN/Inf values and batch indices outside [0, N) raise ValueError.
     """
     if isinstance(rois, Tensor):
@@ -67,8 +68,8 @@ def rois_tensor(
         raise TypeError(
             f"rois must be a (K, 5) tensor or a list of (Ki, 4) tensors, got {type(rois).__name__}"
         )
-    if table.dtype != input.dtype:
-        raise TypeError(f"rois dtype {table.dtype} does not match input dtype {input.dtype}")
+    if not table.is_floating_point():
+        raise TypeError(f"rois must be a floating tensor, got dtype {table.dtype}")
     if table.device != input.device:
         raise ValueError(f"rois device {table.device} does not match input device {input.device}")
     if check_values and table.shape[0]:
@@ -107,16 +108,16 @@ def _rois_from_list(boxes: Sequence[Tensor], input: Tensor) -> Tensor:
             raise ValueError(
                 f"rois[{index}] must have shape (Ki, 4), got {tuple(image_boxes.shape)}"
             )
-        if image_boxes.dtype != input.dtype or image_boxes.device != input.device:
+        if not image_boxes.is_floating_point() or image_boxes.device != input.device:
             raise TypeError(
                 f"rois[{index}] is {image_boxes.dtype} on {image_boxes.device}, "
-                f"input is {input.dtype} on {input.device}"
+                f"need a floating tensor on {input.device}"
             )
         column = image_boxes.new_full((image_boxes.shape[0], 1), float(index))
         parts.append(torch.cat([column, image_boxes], dim=1))
     if not parts:
         return input.new_zeros((0, 5))
-    return torch.cat(parts, dim=0)
+    return torch.cat([part.to(parts[0].dtype) for part in parts], dim=0)
 
 
 def _check_values(table: Tensor, num_images: int) -> None:

@@ -1,29 +1,23 @@
-"""Precise RoI Pooling (PrRoIPool) in PyTorch: the exact op, its box-coordinate gradient, a module.
+"""PrRoIPool in plain PyTorch: the reference kernels of the registered ops (any device).
 
-Contract (DESIGN.md): `input` (N, C, H, W); `rois` (K, 5) rows `[batch_index, x0, y0, x1, y1]`
+Contract (docs/design.md): `input` (N, C, H, W); `rois` (K, 5) rows `[batch_index, x0, y0, x1, y1]`
 in input-image coordinates, multiplied by `spatial_scale`; output (K, C, PH, PW). Feature
 w[i, j] sits at the continuous point (x = j, y = i), the surface is 0 outside the map, and each
 bin's integral is divided by the bin's full area. A box's width and height are clamped at 0 and a
-bin of zero area outputs 0 with zero gradient.
+bin of zero area outputs 0 with zero gradient. Arguments are checked by the ops
+(`iounet.plugins.ops`) before they get here.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from iounet.plugins.arguments import (
-    check_grad_output,
-    check_input,
-    check_spatial_scale,
-    output_size_pair,
-    rois_tensor,
-)
 from iounet.plugins.bilinear_integral import bin_edges, edge_weights, integral_weights
 
 # Largest intermediate (in elements) one chunk of boxes may allocate: 2**24 is 64 MiB in float32.
@@ -38,98 +32,98 @@ class _Chunk(NamedTuple):
     window: tuple[int, int]
 
 
-def prroi_pool(
-    input: Tensor,
-    rois: Tensor | Sequence[Tensor],
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
-) -> Tensor:
-    """Pool each box into an `output_size` grid of exact bin averages of the bilinear surface.
+def pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float) -> Tensor:
+    """PrRoIPool of rois (K, 5) on `input`: (K, C, PH, PW) in the dtype of `input`.
 
-    Args:
-        input: feature map (N, C, H, W), floating point.
-        rois: (K, 5) boxes `[batch_index, x0, y0, x1, y1]`, or a list of N per-image (Ki, 4)
-            boxes `[x0, y0, x1, y1]`; same dtype and device as `input`.
-        output_size: (pooled_height, pooled_width), or one int for both.
-        spatial_scale: multiplies the box coordinates to map them onto `input`.
-
-    Returns:
-        (K, C, pooled_height, pooled_width), differentiable w.r.t. `input` and `rois`.
+    Differentiable by autograd w.r.t. `input` and `rois` (the independent check of the written-out
+    gradients). Half-precision arguments are computed in float32. A row whose batch index is not
+    an image of `input` (after rounding) or that holds NaN/Inf pools to zeros.
     """
-    check_input(input)
-    pooled = output_size_pair(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    table = rois_tensor(rois, input)
     num_channels = input.shape[1]
-    if table.shape[0] == 0:
-        return input.reshape(-1)[:0].reshape(0, num_channels, *pooled)
-    needs_graph = torch.is_grad_enabled() and (input.requires_grad or table.requires_grad)
-    features, boxes = _working_precision(input, table)
+    output = input.new_zeros((rois.shape[0], num_channels, *pooled))
+    valid = valid_rows(rois, input.shape[0])
+    if not bool(valid.any()):
+        return output
+    needs_graph = torch.is_grad_enabled() and (input.requires_grad or rois.requires_grad)
+    features, boxes = _working_precision(input, rois[valid])
 
-    def pool(feature: Tensor, chunk: _Chunk) -> Tensor:
+    def compute(feature: Tensor, chunk: _Chunk) -> Tensor:
         args = (feature, boxes[chunk.rows, 1:], pooled, scale, chunk.window)
         if needs_graph:
             return checkpoint(_pool_boxes, *args, use_reentrant=False)
         return _pool_boxes(*args)
 
-    return _run_chunks(pool, features, boxes, pooled, scale).to(input.dtype)
+    values = _run_chunks(compute, features, boxes, pooled, scale).to(input.dtype).contiguous()
+    if bool(valid.all()):
+        return values
+    return output.index_put((valid.nonzero().flatten(),), values)
 
 
-def prroi_pool_coord_grad(
-    input: Tensor,
-    rois: Tensor | Sequence[Tensor],
-    grad_output: Tensor,
-    output_size: int | tuple[int, int],
-    spatial_scale: float = 1.0,
+def coord_grad(
+    input: Tensor, rois: Tensor, grad_output: Tensor, pooled: tuple[int, int], scale: float
 ) -> Tensor:
-    """Gradient of `(prroi_pool(input, rois, ...) * grad_output).sum()` w.r.t. the boxes.
+    """Gradient of `(pool(input, rois) * grad_output).sum()` w.r.t. rois: (K, 5), column 0 zero.
 
-    Computed in closed form (the line integrals of the surface along each bin edge, chained to the
-    box corners), without autograd, so an exported graph can call it as one op.
-
-    Returns:
-        (K, 5) in the dtype of `input`; column 0 (the batch index) is 0.
+    Closed form (line integrals of the surface along each bin edge, chained to the box corners),
+    without autograd; in the dtype of `rois`.
     """
-    check_input(input)
-    pooled = output_size_pair(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    table = rois_tensor(rois, input)
-    check_grad_output(grad_output, (table.shape[0], input.shape[1], *pooled), input)
-    if table.shape[0] == 0:
-        return input.new_zeros((0, 5))
+    result = rois.new_zeros((rois.shape[0], 5))
+    valid = valid_rows(rois, input.shape[0])
+    if not bool(valid.any()):
+        return result
     with torch.no_grad():
-        features, boxes = _working_precision(input, table)
-        grad = grad_output.to(features.dtype)
+        features, boxes = _working_precision(input.detach(), rois.detach()[valid])
+        grad = grad_output.detach()[valid].to(features.dtype)
 
-        def coord_grad(feature: Tensor, chunk: _Chunk) -> Tensor:
+        def compute(feature: Tensor, chunk: _Chunk) -> Tensor:
             return _coord_grad_boxes(
                 feature, boxes[chunk.rows, 1:], grad[chunk.rows], pooled, scale, chunk.window
             )
 
-        corners = _run_chunks(coord_grad, features, boxes, pooled, scale)
-    return torch.cat([corners.new_zeros((corners.shape[0], 1)), corners], dim=1).to(input.dtype)
+        corners = _run_chunks(compute, features, boxes, pooled, scale)
+        result[valid.nonzero().flatten(), 1:] = corners.to(rois.dtype)
+    return result
 
 
-class PrRoIPool(nn.Module):
-    """Module form of :func:`prroi_pool`."""
+def feature_grad(
+    input: Tensor, rois: Tensor, grad_output: Tensor, pooled: tuple[int, int], scale: float
+) -> Tensor:
+    """Gradient of `(pool(input, rois) * grad_output).sum()` w.r.t. `input`, in its dtype.
 
-    def __init__(self, output_size: int | tuple[int, int], spatial_scale: float = 1.0) -> None:
-        super().__init__()
-        self.output_size = output_size_pair(output_size)
-        self.spatial_scale = check_spatial_scale(spatial_scale)
+    Closed form: each bin scatters its gradient with the same integral weights it pools with.
+    """
+    valid = valid_rows(rois, input.shape[0])
+    features, boxes = _working_precision(input.detach(), rois.detach()[valid])
+    grad = grad_output.detach()[valid].to(features.dtype).permute(0, 2, 3, 1)  # (k, PH, PW, C)
+    result = torch.zeros_like(features).permute(0, 2, 3, 1)  # (N, H, W, C) view
+    for image in range(features.shape[0]):
+        feature = result[image]
+        for chunk in _plan_chunks(boxes, image, feature.shape, pooled, scale):
+            index_y, index_x, values = _scatter_boxes(
+                boxes[chunk.rows, 1:], grad[chunk.rows], pooled, scale, chunk.window, feature.shape
+            )
+            feature.index_put_((index_y, index_x), values, accumulate=True)
+    return result.permute(0, 3, 1, 2).to(input.dtype).contiguous()
 
-    def forward(self, input: Tensor, rois: Tensor | Sequence[Tensor]) -> Tensor:
-        return prroi_pool(input, rois, self.output_size, self.spatial_scale)
 
-    def extra_repr(self) -> str:
-        return f"output_size={self.output_size}, spatial_scale={self.spatial_scale}"
+def valid_rows(rois: Tensor, num_images: int) -> Tensor:
+    """(K,) whether a row is finite and its batch index rounds to an image in [0, num_images).
+
+    The rule of the native kernels (prroi_pool_math.h): the index is floor(v + 0.5) for
+    -1 < v < 2**30; other rows pool to zeros with zero gradient.
+    """
+    values = rois.detach()
+    index = values[:, 0]
+    finite = torch.isfinite(values).all(1)
+    inside = (index > -1) & (index < 2**30)
+    batch = torch.floor(torch.where(finite & inside, index, 0) + 0.5)
+    return finite & inside & (batch >= 0) & (batch < num_images)
 
 
 def _working_precision(input: Tensor, table: Tensor) -> tuple[Tensor, Tensor]:
-    """Half-precision inputs are computed in float32; float32 and float64 in their own type."""
-    if input.dtype in (torch.float32, torch.float64):
-        return input, table
-    return input.float(), table.float()
+    """Both in the promoted type of the two and float32 (half precision is computed in float32)."""
+    dtype = torch.promote_types(torch.promote_types(input.dtype, table.dtype), torch.float32)
+    return input.to(dtype), table.to(dtype)
 
 
 class _Axis(NamedTuple):
@@ -249,6 +243,27 @@ def _coord_grad_boxes(
     return torch.stack([grad_x0, grad_y0, grad_x1, grad_y1], dim=1) * scale
 
 
+def _scatter_boxes(
+    boxes: Tensor,
+    grad: Tensor,
+    pooled: tuple[int, int],
+    scale: float,
+    window: tuple[int, int],
+    map_shape: torch.Size,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Feature gradient of boxes (k, 4) with grad (k, PH, PW, C) on an (H, W, C) map: the window
+    indices (k, Lh, 1), (k, 1, Lw) and the values (k, Lh, Lw, C) to add there."""
+    height, width, _ = map_shape
+    x0, y0, x1, y1 = (boxes * scale).unbind(1)
+    axis_x = _Axis.of(x0, x1, pooled[1], width, window[1])
+    axis_y = _Axis.of(y0, y1, pooled[0], height, window[0])
+    inv_area = _inverse_area(axis_x.bin_width * axis_y.bin_width)
+    per_bin = grad * inv_area[:, None, None, None]
+    columns = torch.einsum("kqj,kpqc->kpjc", axis_x.integral(), per_bin)  # (k, PH, Lw, C)
+    values = torch.einsum("kpi,kpjc->kijc", axis_y.integral(), columns)  # (k, Lh, Lw, C)
+    return axis_y.index[:, :, None], axis_x.index[:, None, :], values
+
+
 def _inverse_area(area: Tensor) -> Tensor:
     """1 / area where area > 0, else 0 (a zero-area bin outputs 0 with zero gradient)."""
     positive = area > 0
@@ -277,7 +292,7 @@ def _plan_chunks(
 ) -> list[_Chunk]:
     """Split one image's boxes, smallest window first, into chunks within CHUNK_ELEMENTS."""
     height, width, channels = map_shape
-    rows = torch.nonzero(boxes[:, 0].detach() == image).flatten()
+    rows = torch.nonzero(torch.floor(boxes[:, 0].detach() + 0.5) == image).flatten()
     if rows.numel() == 0:
         return []
     x0, y0, x1, y1 = (boxes[rows, 1:].detach() * scale).unbind(1)

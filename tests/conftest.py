@@ -23,6 +23,21 @@ DEVICES = [
 ]
 
 
+@pytest.fixture(params=["device", "reference"])
+def kernel(request):
+    """Run the test on the ops' kernel for the device ("device": the native CPU library, or the
+    CUDA library on a GPU) and on the plain PyTorch reference kernels ("reference")."""
+    from iounet.plugins import native, reference_kernels
+
+    if request.param == "reference":
+        with reference_kernels():
+            yield request.param
+        return
+    if not native.available():
+        pytest.skip("the native CPU library is not built (make native)")
+    yield request.param
+
+
 @pytest.fixture(scope="session")
 def exported_model(tmp_path_factory):
     """(checkpoint, model folder): a tiny IoU-Net exported with fp32 and fp16 graphs."""

@@ -188,18 +188,6 @@ def test_native_list_of_boxes_equals_table():
     )
 
 
-def test_native_autograd_function_matches_finite_differences():
-    rows = torch.tensor(BOX_CASES["inside"] + BOX_CASES["partly_outside"], dtype=torch.float64)
-    batch_index, corners = rows[:, :1], rows[:, 1:].clone().requires_grad_()
-    features = make_features(torch.float64, "cpu", shape=(2, 2, 5, 6)).requires_grad_()
-
-    def pool(features, corners):
-        rois = torch.cat([batch_index, corners], 1)
-        return native.prroi_pool_differentiable(features, rois, (2, 3), 0.9)
-
-    assert torch.autograd.gradcheck(pool, (features, corners))
-
-
 def test_native_library_version_matches_the_package():
     import iounet
 

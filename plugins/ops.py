@@ -1,0 +1,352 @@
+"""PrRoIPool as registered PyTorch ops: ``torch.ops.iounet.prroi_pool``, ``prroi_pool_coord_grad``
+and ``prroi_pool_feature_grad``.
+
+Each op has a kernel per device: on the CPU the native library (``iounet.plugins.native``), on
+CUDA the CUDA library (``iounet.plugins.cuda``) where it is built and a GPU is there; the plain
+PyTorch implementation (``iounet.plugins.reference``) everywhere else and whenever
+:func:`reference_kernels` is active. A fake kernel gives the output shapes to ``torch.compile``,
+``torch.export`` and the dynamo ONNX exporter; autograd is registered (backward = the feature
+gradient and coordinate gradient ops).
+
+The ops take the deployed contract, the one of the ONNX nodes and the TensorRT plugins:
+
+* ``input`` (N, C, H, W) and ``rois`` (K, 5) may differ in floating dtype (float16/bfloat16 maps
+  from autocast with float32 boxes); the work is done in float32 (float64 if either is float64),
+  the pooled output and the feature gradient come back in the dtype of ``input``, the
+  coordinate gradient in the dtype of ``rois``;
+* a roi row whose batch index does not round to an image of ``input``, or that holds NaN/Inf,
+  pools to zeros and has zero gradient (the graphs rely on batch index -1 for "not this level").
+
+Shapes, dtypes and devices are checked (ValueError / TypeError); the user-facing functions of
+``iounet.plugins`` check roi values too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from collections.abc import Iterator
+from types import ModuleType
+
+import torch
+from torch import Tensor
+
+from iounet.plugins import native, reference
+
+__all__ = ["reference_kernels"]
+
+_REFERENCE = contextvars.ContextVar("iounet_reference_kernels", default=False)
+
+
+@contextlib.contextmanager
+def reference_kernels() -> Iterator[None]:
+    """Run the ops on their plain PyTorch kernels inside the block (on every device)."""
+    token = _REFERENCE.set(True)
+    try:
+        yield
+    finally:
+        _REFERENCE.reset(token)
+
+
+def check_arguments(
+    input: Tensor,
+    rois: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+    grad_output: Tensor | None = None,
+) -> None:
+    """Raise ValueError / TypeError when the op's arguments break its contract (shapes only)."""
+    if input.dim() != 4:
+        raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
+    if rois.dim() != 2 or rois.shape[1] != 5:
+        raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
+    for name, tensor in (("input", input), ("rois", rois), ("grad_output", grad_output)):
+        if tensor is not None and not tensor.is_floating_point():
+            raise TypeError(f"{name} must be a floating tensor, got dtype {tensor.dtype}")
+        if tensor is not None and tensor.device != input.device:
+            raise ValueError(f"{name} is on {tensor.device}, input on {input.device}")
+    if pooled_height <= 0 or pooled_width <= 0:
+        raise ValueError(f"pooled size must be positive, got {pooled_height}x{pooled_width}")
+    if not (math.isfinite(spatial_scale) and spatial_scale > 0):
+        raise ValueError(f"spatial_scale must be finite and positive, got {spatial_scale!r}")
+    if grad_output is not None:
+        expected = (rois.shape[0], input.shape[1], pooled_height, pooled_width)
+        if tuple(grad_output.shape) != expected:
+            raise ValueError(
+                f"grad_output must have shape {expected} (K, C, PH, PW), "
+                f"got {tuple(grad_output.shape)}"
+            )
+
+
+def _compute_dtype(input: Tensor, rois: Tensor) -> torch.dtype:
+    return torch.promote_types(torch.promote_types(input.dtype, rois.dtype), torch.float32)
+
+
+# --- prroi_pool ---------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("iounet::prroi_pool", mutates_args=())
+def prroi_pool_op(
+    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> Tensor:
+    """PrRoIPool forward: (K, C, pooled_height, pooled_width) in the dtype of `input`."""
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
+    return reference.pool(input, rois, (pooled_height, pooled_width), spatial_scale)
+
+
+@prroi_pool_op.register_kernel("cpu")
+def _prroi_pool_cpu(
+    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
+    pooled = (pooled_height, pooled_width)
+    if not _native_ready():
+        return reference.pool(input, rois, pooled, spatial_scale)
+    dtype = _compute_dtype(input, rois)
+    output = native.prroi_pool(
+        input.to(dtype), rois.to(dtype), pooled, spatial_scale, check_values=False
+    )
+    return output.to(input.dtype)
+
+
+@prroi_pool_op.register_kernel("cuda")
+def _prroi_pool_cuda(
+    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
+    kernels = _cuda_kernels(input, rois)
+    if kernels is None:
+        return reference.pool(input, rois, (pooled_height, pooled_width), spatial_scale)
+    output = kernels.prroi_pool(
+        _cuda_io(input), rois.float(), pooled_height, pooled_width, spatial_scale
+    )
+    return output.to(input.dtype)
+
+
+@prroi_pool_op.register_fake
+def _prroi_pool_fake(
+    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+# --- prroi_pool_coord_grad ----------------------------------------------------------------------
+
+
+@torch.library.custom_op("iounet::prroi_pool_coord_grad", mutates_args=())
+def prroi_pool_coord_grad_op(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5), column 0 zero."""
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    return reference.coord_grad(
+        input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
+    )
+
+
+@prroi_pool_coord_grad_op.register_kernel("cpu")
+def _coord_grad_cpu(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    pooled = (pooled_height, pooled_width)
+    if not _native_ready():
+        return reference.coord_grad(input, rois, grad_output, pooled, spatial_scale)
+    dtype = _compute_dtype(input, rois)
+    grad = native.prroi_pool_coord_grad(
+        input.to(dtype),
+        rois.to(dtype),
+        grad_output.to(dtype),
+        pooled,
+        spatial_scale,
+        check_values=False,
+    )
+    return grad.to(rois.dtype)
+
+
+@prroi_pool_coord_grad_op.register_kernel("cuda")
+def _coord_grad_cuda(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    kernels = _cuda_kernels(input, rois)
+    if kernels is None:
+        return reference.coord_grad(
+            input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
+        )
+    features = _cuda_io(input)
+    grad = kernels.prroi_pool_coord_grad(
+        features,
+        rois.float(),
+        grad_output.to(features.dtype),
+        pooled_height,
+        pooled_width,
+        spatial_scale,
+    )
+    return grad.to(rois.dtype)
+
+
+@prroi_pool_coord_grad_op.register_fake
+def _coord_grad_fake(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    return rois.new_empty((rois.shape[0], 5))
+
+
+# --- prroi_pool_feature_grad --------------------------------------------------------------------
+
+
+@torch.library.custom_op("iounet::prroi_pool_feature_grad", mutates_args=())
+def prroi_pool_feature_grad_op(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. `input` (its shape and dtype).
+
+    `input` gives the shape, dtype and device of the result; its values are not read.
+    """
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    return reference.feature_grad(
+        input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
+    )
+
+
+@prroi_pool_feature_grad_op.register_kernel("cpu")
+def _feature_grad_cpu(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    pooled = (pooled_height, pooled_width)
+    if not _native_ready():
+        return reference.feature_grad(input, rois, grad_output, pooled, spatial_scale)
+    dtype = _compute_dtype(input, rois)
+    grad = native.prroi_pool_feature_grad(
+        input.to(dtype),
+        rois.to(dtype),
+        grad_output.to(dtype),
+        pooled,
+        spatial_scale,
+        check_values=False,
+    )
+    return grad.to(input.dtype)
+
+
+@prroi_pool_feature_grad_op.register_kernel("cuda")
+def _feature_grad_cuda(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    kernels = _cuda_kernels(input, rois)
+    if kernels is None:
+        return reference.feature_grad(
+            input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
+        )
+    features = _cuda_io(input)
+    grad = kernels.prroi_pool_feature_grad(
+        features,
+        rois.float(),
+        grad_output.to(features.dtype),
+        pooled_height,
+        pooled_width,
+        spatial_scale,
+    )
+    return grad.to(input.dtype)
+
+
+@prroi_pool_feature_grad_op.register_fake
+def _feature_grad_fake(
+    input: Tensor,
+    rois: Tensor,
+    grad_output: Tensor,
+    pooled_height: int,
+    pooled_width: int,
+    spatial_scale: float,
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+    return torch.empty_like(input)
+
+
+# --- autograd -----------------------------------------------------------------------------------
+
+
+def _setup_context(ctx: torch.autograd.function.FunctionCtx, inputs: tuple, output: Tensor) -> None:
+    input, rois, pooled_height, pooled_width, spatial_scale = inputs
+    ctx.save_for_backward(input, rois)
+    ctx.settings = (pooled_height, pooled_width, spatial_scale)
+
+
+def _backward(
+    ctx: torch.autograd.function.FunctionCtx, grad_output: Tensor
+) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+    input, rois = ctx.saved_tensors
+    grad = grad_output.contiguous()
+    grad_input = grad_rois = None
+    if ctx.needs_input_grad[0]:
+        grad_input = prroi_pool_feature_grad_op(input, rois, grad, *ctx.settings)
+    if ctx.needs_input_grad[1]:
+        grad_rois = prroi_pool_coord_grad_op(input, rois, grad, *ctx.settings)
+    return grad_input, grad_rois, None, None, None
+
+
+prroi_pool_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- kernel choice ------------------------------------------------------------------------------
+
+
+def _native_ready() -> bool:
+    return not _REFERENCE.get() and native.available()
+
+
+def _cuda_kernels(input: Tensor, rois: Tensor) -> ModuleType | None:
+    """The CUDA library's module when it runs these arguments, else None (reference kernels)."""
+    if _REFERENCE.get() or torch.float64 in (input.dtype, rois.dtype):
+        return None
+    try:
+        from iounet.plugins import cuda
+    except ImportError:
+        return None
+    return cuda if cuda.available() else None
+
+
+def _cuda_io(input: Tensor) -> Tensor:
+    """The CUDA kernels read float32 or float16 maps (float32 accumulation)."""
+    return input if input.dtype in (torch.float32, torch.float16) else input.float()
