@@ -24,15 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from iounet.export.manifest import GRAPH_ROLES
     from iounet.export.onnx_export import export_model
 
     manifest = export_model(
         args.checkpoint, args.out, force=args.force, fp16=args.fp16, annotations=args.annotations
     )
     graphs = ", ".join(
-        f"{manifest.graph(role, precision)['file']}"
+        manifest.graph(role, precision).file
         for precision in manifest.precisions()
-        for role in ("backbone", "head", "iou_grad", "refine_step")
+        for role in GRAPH_ROLES
     )
     print(f"exported {args.checkpoint} -> {args.out}: {graphs}, manifest.json")
     return 0

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from iounet._version import __version__
-from iounet.export.graphs import MAP_NAMES
 from iounet.export.manifest import GRAPH_ROLES, PRECISIONS, Manifest, load_manifest, sha256_file
 from iounet.files import atomic_path
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
@@ -74,10 +73,10 @@ def engine_profiles(
     image: (1, 3, H, W); map p_l: (1, C, ceil(H / s), ceil(W / s)) with s its stride; the first
     dimension of the box inputs: the number of boxes; every other dimension as the manifest has it.
     """
-    strides = dict(zip(MAP_NAMES, manifest.strides, strict=True))
+    strides = {level.name: level.stride for level in manifest.maps}
     profiles: dict[str, Shapes] = {}
-    for tensor in manifest.graph(role, precision)["inputs"]:
-        name, shape = tensor["name"], list(tensor["shape"])
+    for tensor in manifest.graph(role, precision).inputs:
+        name, shape = tensor.name, list(tensor.shape)
         where = f"{manifest.folder}: {role} input {name}"
         if name == "image" or name in strides:
             stride = strides.get(name, 1)
@@ -146,13 +145,13 @@ def build_engines(
         for role in GRAPH_ROLES:
             graph = manifest.graph(role, precision)
             profile = engine_profiles(manifest, role, boxes, image_size, precision)
-            data = builder.build(manifest.folder / graph["file"], precision, profile)
+            data = builder.build(manifest.folder / graph.file, precision, profile)
             file = f"{role}.engine"
             _write(staging / file, data)
             engines[role] = {
                 "file": file,
                 "sha256": hashlib.sha256(data).hexdigest(),
-                "onnx": {"file": graph["file"], "sha256": graph["sha256"]},
+                "onnx": {"file": graph.file, "sha256": graph.sha256},
                 "profile": {
                     name: dict(zip(("min", "opt", "max"), shapes, strict=True))
                     for name, shapes in profile.items()
@@ -368,7 +367,7 @@ def check_engine_metadata(
         )
     for role in GRAPH_ROLES:
         entry = metadata["engines"][role]
-        if entry["onnx"]["sha256"] != manifest.graph(role, precision)["sha256"]:
+        if entry["onnx"]["sha256"] != manifest.graph(role, precision).sha256:
             raise ValueError(
                 f"{path}: the {role} engine was built from another export of the model "
                 f"({entry['onnx']['file']} has changed since); {rebuild}"
@@ -415,7 +414,7 @@ def check_within_profile(
             f"{count} boxes are fewer than the engine's profile allows (min {low[0]}); "
             f"rebuild with --boxes"
         )
-    if (name == "image" or name in MAP_NAMES) and set(outside) <= {2, 3}:
+    if len(shape) == 4 and set(outside) <= {2, 3}:  # the image or a feature map
         what = "image size" if name == "image" else f"feature map {name} size"
         raise ValueError(
             f"{what} {shape[2]}x{shape[3]} is outside the engine's profile "

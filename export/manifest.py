@@ -1,25 +1,32 @@
-"""``manifest.json`` of an exported model folder: what the graphs are and how to feed them.
+"""``manifest.json`` of an exported model folder: the contract between export and every backend.
 
-The manifest names every graph file with its sha256, inputs and outputs, the classes (label
-order) with their COCO category ids, the FPN strides, the input convention and the versions that
-wrote it. ``load_manifest`` checks all of it against the files before anything runs.
+``Manifest`` is a typed, checked object: the classes (label order) with their COCO category ids,
+the feature maps (names and strides), the input convention (normalization, resize sizes, size
+divisor), the refinement settings, and per precision and graph role the file, sha256, inputs and
+outputs. Export writes it with ``save``; backends read their settings from it (never from
+training's constants). ``load_manifest`` checks all of it against the files before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iounet.export.refine_step import RefineParams
+
 MANIFEST_NAME = "manifest.json"
 FORMAT = "iounet-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 #: The graphs of an exported model (see iounet.export.graphs), by role.
 GRAPH_ROLES = ("backbone", "head", "iou_grad", "refine_step")
 PRECISIONS = ("fp32", "fp16")
+
+JSONObject = dict[str, Any]
 
 
 class ManifestError(ValueError):
@@ -27,43 +34,129 @@ class ManifestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Category:
+    """One class: its COCO category id and name (the label is its position in the list)."""
+
+    id: int
+    name: str
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """One FPN level the backbone graph outputs and the head graphs take: name and stride."""
+
+    name: str
+    stride: int
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the backbone graph takes and how an image is prepared for it."""
+
+    min_size: int  # the shorter side is resized to this ...
+    max_size: int  # ... unless the longer side would exceed this
+    size_divisor: int  # images are zero-padded (bottom, right) to a multiple of this
+    mean: tuple[float, float, float]  # normalization, applied inside the backbone graph
+    std: tuple[float, float, float]
+    layout: str = "NCHW"
+    dtype: str = "float32"
+    color: str = "RGB"
+    range: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, element type and shape (ints or dimension names)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+
+@dataclass(frozen=True)
+class GraphEntry:
+    """One exported graph: its file in the folder, sha256, inputs and outputs."""
+
+    file: str
+    sha256: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """The training checkpoint the folder was exported from."""
+
+    file: str
+    sha256: str
+    step: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """A checked manifest and the folder it describes."""
 
     folder: Path
-    data: dict[str, Any]
+    categories: tuple[Category, ...]
+    maps: tuple[FeatureMap, ...]
+    fpn_channels: int
+    pool_size: int
+    input: InputSpec
+    refinement: RefineParams
+    checkpoint: CheckpointInfo
+    graphs: dict[str, dict[str, GraphEntry]]
+    opset: int
+    custom_opsets: dict[str, int]
+    versions: dict[str, str] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
-        return [c["name"] for c in self.data["categories"]]
+        return [c.name for c in self.categories]
 
     @property
     def category_ids(self) -> list[int]:
-        return [int(c["id"]) for c in self.data["categories"]]
+        return [c.id for c in self.categories]
 
     @property
     def num_classes(self) -> int:
-        return len(self.data["categories"])
+        return len(self.categories)
+
+    @property
+    def map_names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.maps)
 
     @property
     def strides(self) -> tuple[int, ...]:
-        return tuple(self.data["fpn_strides"])
+        return tuple(m.stride for m in self.maps)
 
     def precisions(self) -> list[str]:
         """The precisions whose four graphs the folder holds."""
-        return [p for p in PRECISIONS if p in self.data["graphs"]]
+        return [p for p in PRECISIONS if p in self.graphs]
 
-    def graph(self, role: str, precision: str = "fp32") -> dict[str, Any]:
+    def graph(self, role: str, precision: str = "fp32") -> GraphEntry:
         """The entry of one graph: file, sha256, inputs, outputs."""
-        if precision not in self.data["graphs"]:
+        if precision not in self.graphs:
             raise ManifestError(
                 f"{self.folder} has no {precision} graphs (it has {self.precisions()}); "
                 f"export with `iounet export --fp16` for fp16"
             )
-        return self.data["graphs"][precision][role]
+        return self.graphs[precision][role]
 
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
-        return self.folder / self.graph(role, precision)["file"]
+        return self.folder / self.graph(role, precision).file
+
+    def to_json(self) -> JSONObject:
+        """The manifest as written to ``manifest.json``."""
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "folder"
+        }
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, **_plain(data)}
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``manifest.json`` into `folder` (the staging folder of an export)."""
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -87,69 +180,180 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"{path} is not valid JSON: {error}") from error
-    _check_structure(path, data)
-    manifest = Manifest(folder, data)
+    manifest = _parse(path, data)
     if verify:
         for precision in manifest.precisions():
             for role in GRAPH_ROLES:
                 entry = manifest.graph(role, precision)
-                file = folder / entry["file"]
+                file = folder / entry.file
                 if not file.is_file():
-                    raise ManifestError(f"{path} lists {entry['file']}, which is missing")
-                if sha256_file(file) != entry["sha256"]:
+                    raise ManifestError(f"{path} lists {entry.file}, which is missing")
+                if sha256_file(file) != entry.sha256:
                     raise ManifestError(
                         f"{file} does not match its sha256 in {path} (changed or corrupt)"
                     )
     return manifest
 
 
-def _check_structure(path: Path, data: Any) -> None:
-    def fail(problem: str) -> None:
-        raise ManifestError(f"{path}: {problem}")
+def _plain(value: Any) -> Any:
+    """Dataclasses, tuples and dicts as JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
+
+class _Reader:
+    """Reads typed values out of the JSON object, naming the key of any problem."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, problem: str) -> ManifestError:
+        return ManifestError(f"{self.path}: {problem}")
+
+    def get(self, data: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+        name = f"{where}.{key}" if where else key
+        if not isinstance(data, dict) or key not in data:
+            raise self.fail(f"missing key {name!r}")
+        value = data[key]
+        if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            raise self.fail(f"{name} must be {_kind_name(kind)}, got {value!r}")
+        if not isinstance(value, kind):
+            raise self.fail(f"{name} must be {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def positive(self, data: Any, key: str, where: str = "") -> int:
+        value = self.get(data, key, int, where)
+        if value <= 0:
+            raise self.fail(f"{where}.{key} must be positive, got {value}")
+        return value
+
+    def number(self, data: Any, key: str, where: str) -> float:
+        return float(self.get(data, key, (int, float), where))
+
+    def numbers(self, data: Any, key: str, where: str, length: int) -> tuple[float, ...]:
+        values = self.get(data, key, list, where)
+        if len(values) != length or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+        ):
+            raise self.fail(f"{where}.{key} must be a list of {length} numbers, got {values!r}")
+        return tuple(float(v) for v in values)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({int: "an integer", float: "a number", str: "a string", list: "a list",
+                        dict: "an object"}.get(k, k.__name__) for k in kinds)  # fmt: skip
+
+
+def _parse(path: Path, data: Any) -> Manifest:
+    read = _Reader(path)
     if not isinstance(data, dict):
-        fail("the manifest must be a JSON object")
+        raise read.fail("the manifest must be a JSON object")
     if data.get("format") != FORMAT:
-        fail(f"format must be {FORMAT!r}, got {data.get('format')!r}")
+        raise read.fail(f"format must be {FORMAT!r}, got {data.get('format')!r}")
     if data.get("format_version") != FORMAT_VERSION:
-        fail(
+        raise read.fail(
             f"format_version {data.get('format_version')!r} is not supported "
             f"(this iounet reads {FORMAT_VERSION}); export the model again"
         )
-    for key in ("categories", "fpn_strides", "graphs", "input", "refinement", "versions"):
-        if key not in data:
-            fail(f"missing key {key!r}")
-    categories = data["categories"]
-    if not (
-        isinstance(categories, list)
-        and categories
-        and all(
-            isinstance(c, dict) and isinstance(c.get("id"), int) and isinstance(c.get("name"), str)
-            for c in categories
-        )
-    ):
-        fail("categories must be a non-empty list of {id: int, name: str}")
-    if len({c["id"] for c in categories}) != len(categories):
-        fail("category ids must be unique")
-    strides = data["fpn_strides"]
-    if not (isinstance(strides, list) and all(isinstance(s, int) and s > 0 for s in strides)):
-        fail("fpn_strides must be a list of positive integers")
-    graphs = data["graphs"]
-    if not isinstance(graphs, dict) or "fp32" not in graphs:
-        fail("graphs must hold at least the fp32 graphs")
+    categories = tuple(
+        Category(read.get(c, "id", int, "categories[]"), read.get(c, "name", str, "categories[]"))
+        for c in read.get(data, "categories", list)
+    )
+    if not categories:
+        raise read.fail("categories must not be empty")
+    if len({c.id for c in categories}) != len(categories):
+        raise read.fail("category ids must be unique")
+    maps = tuple(
+        FeatureMap(read.get(m, "name", str, "maps[]"), read.positive(m, "stride", "maps[]"))
+        for m in read.get(data, "maps", list)
+    )
+    if not maps or len({m.name for m in maps}) != len(maps):
+        raise read.fail("maps must be a non-empty list of uniquely named levels")
+    spec = read.get(data, "input", dict)
+    input_spec = InputSpec(
+        min_size=read.positive(spec, "min_size", "input"),
+        max_size=read.positive(spec, "max_size", "input"),
+        size_divisor=read.positive(spec, "size_divisor", "input"),
+        mean=read.numbers(spec, "mean", "input", 3),
+        std=read.numbers(spec, "std", "input", 3),
+        layout=read.get(spec, "layout", str, "input"),
+        dtype=read.get(spec, "dtype", str, "input"),
+        color=read.get(spec, "color", str, "input"),
+        range=read.numbers(spec, "range", "input", 2),
+    )
+    if min(input_spec.std) <= 0:
+        raise read.fail("input.std must be positive")
+    settings = read.get(data, "refinement", dict)
+    refinement = RefineParams(
+        step=read.number(settings, "step", "refinement"),
+        iterations=read.get(settings, "iterations", int, "refinement"),
+        early_stop=read.number(settings, "early_stop", "refinement"),
+        degrade_tolerance=read.number(settings, "degrade_tolerance", "refinement"),
+    )
+    if refinement.step <= 0 or refinement.iterations < 0:
+        raise read.fail("refinement.step must be positive and refinement.iterations >= 0")
+    checkpoint = read.get(data, "checkpoint", dict)
+    return Manifest(
+        folder=path.parent,
+        categories=categories,
+        maps=maps,
+        fpn_channels=read.positive(data, "fpn_channels"),
+        pool_size=read.positive(data, "pool_size"),
+        input=input_spec,
+        refinement=refinement,
+        checkpoint=CheckpointInfo(
+            read.get(checkpoint, "file", str, "checkpoint"),
+            read.get(checkpoint, "sha256", str, "checkpoint"),
+            read.get(checkpoint, "step", int, "checkpoint"),
+        ),
+        graphs=_parse_graphs(read, read.get(data, "graphs", dict)),
+        opset=read.positive(data, "opset"),
+        custom_opsets={str(k): v for k, v in read.get(data, "custom_opsets", dict).items()},
+        versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
+    )
+
+
+def _parse_graphs(read: _Reader, graphs: JSONObject) -> dict[str, dict[str, GraphEntry]]:
+    if "fp32" not in graphs:
+        raise read.fail("graphs must hold at least the fp32 graphs")
+    parsed: dict[str, dict[str, GraphEntry]] = {}
     for precision, entries in graphs.items():
         if precision not in PRECISIONS:
-            fail(f"unknown precision {precision!r} in graphs")
+            raise read.fail(f"unknown precision {precision!r} in graphs")
         if not isinstance(entries, dict) or set(entries) != set(GRAPH_ROLES):
-            fail(f"graphs.{precision} must hold exactly {list(GRAPH_ROLES)}")
+            raise read.fail(f"graphs.{precision} must hold exactly {list(GRAPH_ROLES)}")
+        parsed[precision] = {}
         for role, entry in entries.items():
-            if not (
-                isinstance(entry, dict)
-                and isinstance(entry.get("file"), str)
-                and isinstance(entry.get("sha256"), str)
-                and isinstance(entry.get("inputs"), list)
-                and isinstance(entry.get("outputs"), list)
-            ):
-                fail(f"graphs.{precision}.{role} needs file, sha256, inputs and outputs")
-            if Path(entry["file"]).name != entry["file"]:
-                fail(f"graphs.{precision}.{role}.file must be a plain file name")
+            where = f"graphs.{precision}.{role}"
+            file = read.get(entry, "file", str, where)
+            if Path(file).name != file:
+                raise read.fail(f"{where}.file must be a plain file name")
+            parsed[precision][role] = GraphEntry(
+                file=file,
+                sha256=read.get(entry, "sha256", str, where),
+                inputs=_tensors(read, read.get(entry, "inputs", list, where), where),
+                outputs=_tensors(read, read.get(entry, "outputs", list, where), where),
+            )
+    return parsed
+
+
+def _tensors(read: _Reader, values: list, where: str) -> tuple[TensorSpec, ...]:
+    specs = []
+    for value in values:
+        shape = read.get(value, "shape", list, f"{where}.inputs")
+        if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
+            raise read.fail(f"{where}: tensor shapes hold integers or dimension names")
+        specs.append(
+            TensorSpec(
+                read.get(value, "name", str, where),
+                read.get(value, "dtype", str, where),
+                tuple(shape),
+            )
+        )
+    return tuple(specs)

@@ -17,15 +17,12 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from iounet._version import __version__
 from iounet.export.graphs import (
-    CUSTOM_DOMAIN,
-    CUSTOM_OPSET,
     MAP_NAMES,
     BackboneGraph,
     HeadGraph,
@@ -33,18 +30,22 @@ from iounet.export.graphs import (
     RefineStepGraph,
 )
 from iounet.export.manifest import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_NAME,
+    Category,
+    CheckpointInfo,
+    FeatureMap,
+    GraphEntry,
+    InputSpec,
     Manifest,
+    TensorSpec,
     load_manifest,
     sha256_file,
 )
-from iounet.runtime.backend import RefineParams
+from iounet.export.refine_step import RefineParams
+from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION, TRANSLATION_TABLE
 from iounet.training.checkpoint import load_model
 from iounet.training.config import TrainConfig
+from iounet.training.images import SIZE_DIVISOR
 from iounet.training.model import FPN_STRIDES, IMAGE_MEAN, IMAGE_STD, IoUNet
-from iounet.training.trainer import SIZE_DIVISOR
 
 OPSET = 20
 #: The refinement state a step reads and writes, and its settings (inputs of refine_step).
@@ -73,50 +74,44 @@ def export_model(
         raise FileExistsError(f"{out} exists: pass --force to replace it")
     model, state = load_model(checkpoint)
     categories = _categories(state["class_names"], annotations)
+    config = TrainConfig.from_dict(state["config"])
     out.parent.mkdir(parents=True, exist_ok=True)
     with _staging_folder(out) as staging:
         graphs = {"fp32": _export_graphs(model, staging, torch.float32, "")}
         if fp16:
             graphs["fp16"] = _export_graphs(model, staging, torch.float16, ".fp16")
-        config = TrainConfig.from_dict(state["config"])
-        manifest = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "versions": _versions(),
-            "opset": OPSET,
-            "custom_opsets": {CUSTOM_DOMAIN: CUSTOM_OPSET},
-            "categories": categories,
-            "fpn_strides": list(FPN_STRIDES),
-            "fpn_channels": model.config.fpn_channels,
-            "pool_size": model.config.pool_size,
-            "input": {
-                "layout": "NCHW",
-                "dtype": "float32",
-                "color": "RGB",
-                "range": [0.0, 1.0],
-                "mean": list(IMAGE_MEAN),
-                "std": list(IMAGE_STD),
-                "normalization": "inside the backbone graph",
-                "min_size": config.data.min_size,
-                "max_size": config.data.max_size,
-                "size_divisor": SIZE_DIVISOR,
-            },
-            "refinement": vars(RefineParams()),
-            "checkpoint": {
-                "file": Path(checkpoint).name,
-                "sha256": sha256_file(checkpoint),
-                "step": int(state["step"]),
-            },
-            "graphs": graphs,
-        }
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest = Manifest(
+            folder=staging,
+            categories=categories,
+            maps=tuple(FeatureMap(n, s) for n, s in zip(MAP_NAMES, FPN_STRIDES, strict=True)),
+            fpn_channels=model.config.fpn_channels,
+            pool_size=model.config.pool_size,
+            input=InputSpec(
+                min_size=config.data.min_size,
+                max_size=config.data.max_size,
+                size_divisor=SIZE_DIVISOR,
+                mean=IMAGE_MEAN,
+                std=IMAGE_STD,
+            ),
+            refinement=RefineParams(),
+            checkpoint=CheckpointInfo(
+                Path(checkpoint).name, sha256_file(checkpoint), int(state["step"])
+            ),
+            graphs=graphs,
+            opset=OPSET,
+            custom_opsets={DOMAIN: DOMAIN_VERSION},
+            versions=_versions(),
+        )
+        manifest.save(staging)
         load_manifest(staging)
     return load_manifest(out)
 
 
-def _categories(class_names: list[str], annotations: str | os.PathLike | None) -> list[dict]:
+def _categories(
+    class_names: list[str], annotations: str | os.PathLike | None
+) -> tuple[Category, ...]:
     if annotations is None:
-        return [{"id": i + 1, "name": name} for i, name in enumerate(class_names)]
+        return tuple(Category(i + 1, name) for i, name in enumerate(class_names))
     path = Path(annotations)
     if not path.is_file():
         raise FileNotFoundError(f"annotations not found: {path}")
@@ -128,7 +123,7 @@ def _categories(class_names: list[str], annotations: str | os.PathLike | None) -
     names = [name for _, name in ids]
     if names != list(class_names):
         raise ValueError(f"{path} has classes {names}, the checkpoint {list(class_names)}")
-    return [{"id": cid, "name": name} for cid, name in ids]
+    return tuple(Category(cid, name) for cid, name in ids)
 
 
 @contextlib.contextmanager
@@ -151,7 +146,9 @@ def _staging_folder(out: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _export_graphs(model: IoUNet, folder: Path, dtype: torch.dtype, suffix: str) -> dict:
+def _export_graphs(
+    model: IoUNet, folder: Path, dtype: torch.dtype, suffix: str
+) -> dict[str, GraphEntry]:
     """Export the four graphs in `dtype` (boxes, labels and outputs stay float32/int64)."""
     image = torch.rand(1, 3, *_EXAMPLE_IMAGE)
     with torch.no_grad():
@@ -207,7 +204,7 @@ def _export_graphs(model: IoUNet, folder: Path, dtype: torch.dtype, suffix: str)
     for role, (module, inputs, dims, input_names, output_names) in specs.items():
         path = folder / f"{role}{suffix}.onnx"
         _export_one(module.eval(), inputs, dims, input_names, output_names, path)
-        entries[role] = {"file": path.name, "sha256": sha256_file(path), **_signature(path)}
+        entries[role] = GraphEntry(path.name, sha256_file(path), *_signature(path))
     return entries
 
 
@@ -234,6 +231,7 @@ def _export_one(
             inputs,
             dynamo=True,
             dynamic_shapes=dims,
+            custom_translation_table=TRANSLATION_TABLE,
             input_names=input_names,
             output_names=output_names,
             opset_version=OPSET,
@@ -265,22 +263,22 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _signature(path: Path) -> dict[str, Any]:
+def _signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
     """The graph's inputs and outputs: name, element type and shape (ints or dimension names)."""
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
 
-    def describe(value: Any) -> dict[str, Any]:
+    def describe(value: onnx.ValueInfoProto) -> TensorSpec:
         tensor = value.type.tensor_type
-        shape = [d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim]
+        shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        return {"name": value.name, "dtype": dtype, "shape": shape}
+        return TensorSpec(value.name, dtype, shape)
 
-    return {
-        "inputs": [describe(v) for v in model.graph.input],
-        "outputs": [describe(v) for v in model.graph.output],
-    }
+    return (
+        tuple(describe(v) for v in model.graph.input),
+        tuple(describe(v) for v in model.graph.output),
+    )
 
 
 def _versions() -> dict[str, str]:

@@ -85,21 +85,21 @@ def _report(
     from iounet.export.manifest import load_manifest
     from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
     from iounet.runtime.detections import read_detections
-    from iounet.runtime.ort_backend import OnnxRuntimeBackend
-    from iounet.runtime.pipeline import Pipeline, open_backend
-    from iounet.training.checkpoint import load_model
-    from iounet.training.coco_dataset import CocoDetection
-    from iounet.training.detection_eval import (
+    from iounet.runtime.evaluation import (
         coco_ap,
         evaluate_detections_table,
         format_table,
         plot_report,
     )
+    from iounet.runtime.ort_backend import OnnxRuntimeBackend
+    from iounet.runtime.pipeline import Pipeline, open_backend
+    from iounet.training.checkpoint import load_model
+    from iounet.training.coco_dataset import CocoDetection
     from iounet.training.evaluation import evaluate_jittered, scatter_plot
 
     manifest = load_manifest(model)
-    size = manifest.data["input"]
-    dataset = CocoDetection(images, annotations, size["min_size"], size["max_size"])
+    size = manifest.input
+    dataset = CocoDetection(images, annotations, size.min_size, size.max_size)
     plots = args.out / "plots"
     torch_model, _ = load_model(checkpoint)
     jittered = evaluate_jittered(torch_model, dataset)
@@ -111,15 +111,13 @@ def _report(
     pipeline_ap = coco_ap(dataset, json.loads((args.out / "detections.json").read_text()))
     plot_report(table, plots)
 
-    inputs = synthetic_inputs(
-        size["min_size"], size["min_size"], BENCH_DETECTIONS, manifest.num_classes
-    )
+    inputs = synthetic_inputs(size.min_size, size.min_size, BENCH_DETECTIONS, manifest.num_classes)
     latency = {}
     for name in ("torch", "torch-native", "ort"):
         backend = open_backend(
             manifest, name, **({} if name == "ort" else {"checkpoint": checkpoint})
         )
-        latency[name] = measure(Pipeline(backend, manifest.num_classes), inputs, 3, args.runs)
+        latency[name] = measure(Pipeline.for_manifest(manifest, backend), inputs, 3, args.runs)
 
     print("\nCOCO AP (%) on the validation images, ONNX Runtime backend:")
     print(format_table(table))
@@ -173,7 +171,7 @@ def _exported_from(model: Path, checkpoint: Path) -> bool:
         manifest = load_manifest(model)
     except (OSError, ValueError):
         return False
-    return manifest.data["checkpoint"]["sha256"] == sha256_file(checkpoint)
+    return manifest.checkpoint.sha256 == sha256_file(checkpoint)
 
 
 def _cli(*arguments: object) -> None:

@@ -9,26 +9,20 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from iounet.export.refine_step import RefineParams
 from iounet.runtime.refinement import refine_boxes
+
+__all__ = ["Backend", "Features", "RefineParams", "StepHook"]
 
 #: FPN maps p2..p5 of one image batch, in the backend's own form.
 Features = Any
-
-
-@dataclass(frozen=True)
-class RefineParams:
-    """Algorithm 2's settings (see ``iounet.runtime.refine_boxes``)."""
-
-    step: float = 0.5
-    iterations: int = 5
-    early_stop: float = 1e-3
-    degrade_tolerance: float = -1e-2
+#: Called with the step index after the IoU and gradient at the start (0) and after each step.
+StepHook = Callable[[int], None]
 
 
 class Backend(abc.ABC):
@@ -59,7 +53,7 @@ class Backend(abc.ABC):
         labels: Tensor,
         image_size: tuple[int, int],
         params: RefineParams | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: StepHook | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Algorithm 2 on boxes (K, 4) of image 0 (``image_size`` = (height, width)): the refined
         boxes and their IoU, on ``self.device``.

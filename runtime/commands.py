@@ -1,4 +1,5 @@
-"""`iounet infer` (the pipeline over a folder of images) and `iounet bench` (stage latency)."""
+"""`iounet infer` (the pipeline over a folder of images), `iounet bench` (stage latency) and
+`iounet eval` (the predictor's Pearson and the NMS / IoU-NMS / refinement table)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", type=Path, help="write backend -> stage -> p50/p90/p99 here")
     bench.set_defaults(run=_bench)
 
+    evaluate = subparsers.add_parser("eval", help="evaluate the IoU predictor")
+    evaluate.add_argument("--images", type=Path, required=True)
+    evaluate.add_argument("--annotations", type=Path, required=True)
+    evaluate.add_argument("--checkpoint", type=Path, required=True)
+    evaluate.add_argument("--detections", type=Path, help="COCO results of a detector")
+    evaluate.add_argument("--json", type=Path, help="write the figures here")
+    evaluate.add_argument("--plots", type=Path, help="folder for scatter plots")
+    evaluate.add_argument("--max-images", type=int)
+    evaluate.add_argument("--device", default="cpu")
+    evaluate.set_defaults(run=_eval)
+
 
 def _backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--backend", default=default, choices=BACKENDS)
@@ -74,7 +86,7 @@ def _infer(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.model)
     detections = read_detections(args.detections)
     backend = open_backend(manifest, args.backend, **_backend_options(args.backend, args))
-    pipeline = Pipeline(backend, manifest.num_classes)
+    pipeline = Pipeline.for_manifest(manifest, backend)
     results = infer_dataset(pipeline, manifest, args.images, args.annotations, detections)
     with atomic_path(args.out) as temporary:
         temporary.write_text(json.dumps(results))
@@ -104,7 +116,7 @@ def _bench(args: argparse.Namespace) -> int:
     for name in names:
         backend = open_backend(manifest, name, **_backend_options(name, args))
         results[name] = measure(
-            Pipeline(backend, manifest.num_classes), inputs, args.warmup, args.runs
+            Pipeline.for_manifest(manifest, backend), inputs, args.warmup, args.runs
         )
     baseline = "torch" if "torch" in results else None
     print(
@@ -120,7 +132,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:
     if text is None:
-        size = int(manifest.data["input"]["min_size"])
+        size = manifest.input.min_size
         return size, size
     from iounet.export.engine import parse_image_size
 
@@ -128,3 +140,47 @@ def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:
     if len(set(sizes)) != 1:
         raise ValueError(f"--image-size takes one size HxW here, got {text!r}")
     return sizes[0]
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from iounet.files import atomic_path
+    from iounet.training.checkpoint import load_model
+    from iounet.training.coco_dataset import dataset_for_checkpoint
+    from iounet.training.evaluation import evaluate_jittered, scatter_plot
+
+    model, state = load_model(args.checkpoint, args.device)
+    dataset = dataset_for_checkpoint(args.images, args.annotations, state, args.checkpoint)
+    report: dict = {}
+    jittered = evaluate_jittered(model, dataset, max_images=args.max_images)
+    report["pearson"] = {
+        "jittered_predicted_iou": jittered.pearson,
+        "jittered_boxes": len(jittered.true),
+    }
+    print(
+        f"jittered boxes: {len(jittered.true)}, Pearson(predicted, true IoU) {jittered.pearson:.3f}"
+    )
+    if args.plots:
+        scatter_plot(args.plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
+    if args.detections:
+        from iounet.runtime.detections import read_detections
+        from iounet.runtime.evaluation import (
+            evaluate_detections_table,
+            format_table,
+            plot_report,
+        )
+
+        detections = read_detections(args.detections)
+        table = evaluate_detections_table(model, dataset, detections)
+        report = {**table.as_json(), "pearson": {**report["pearson"], **table.pearson}}
+        print(format_table(table))
+        figures = table.pearson
+        print(
+            f"detections with IoU > 0.5: {figures['boxes']}, Pearson predicted IoU "
+            f"{figures['predicted_iou']:.3f}, classification {figures['classification']:.3f}"
+        )
+        if args.plots:
+            plot_report(table, args.plots)
+    if args.json:
+        with atomic_path(args.json) as temporary:
+            temporary.write_text(json.dumps(report, indent=2) + "\n")
+    return 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +28,8 @@ from iounet.training.evaluation import (
     save_figure,
     scatter_plot,
 )
+from iounet.training.images import pad_images
 from iounet.training.model import IoUNet
-from iounet.training.trainer import pad_images
 
 METHODS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
 AP_KEYS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
@@ -56,17 +55,6 @@ class DetectionReport:
             "refine_iterations": self.refine_iterations,
             "pearson": self.pearson,
         }
-
-
-def head_objective(model: IoUNet, maps: list[Tensor], labels: Tensor) -> Callable:
-    """iou_and_grad for refine_boxes: the IoU head's prediction and its gradient (autograd)."""
-    backend = TorchBackend(model, maps[0].device)
-
-    def iou_and_grad(boxes: Tensor) -> tuple[Tensor, Tensor]:
-        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
-        return backend.iou_and_grad(maps, rois, labels)
-
-    return iou_and_grad
 
 
 @torch.no_grad()

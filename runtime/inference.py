@@ -24,10 +24,8 @@ def infer_dataset(
     """
     from iounet.training.coco_dataset import CocoDetection
 
-    size = manifest.data["input"]
-    dataset = CocoDetection(
-        images, annotations, min_size=size["min_size"], max_size=size["max_size"]
-    )
+    size = manifest.input
+    dataset = CocoDetection(images, annotations, min_size=size.min_size, max_size=size.max_size)
     category_ids = [dataset.label_to_category[label] for label in range(len(dataset.class_names))]
     if category_ids != manifest.category_ids or list(dataset.class_names) != manifest.class_names:
         raise ValueError(

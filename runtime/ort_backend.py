@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from iounet.export.graphs import MAP_NAMES
 from iounet.export.manifest import GRAPH_ROLES, Manifest, load_manifest
 from iounet.runtime.backend import Backend, Features, RefineParams
 
@@ -63,8 +62,8 @@ class OnnxRuntimeBackend(Backend):
 
     def features(self, image: Tensor) -> Features:
         _check_image(image)
-        (p2, p3, p4, p5) = self.sessions["backbone"].run(None, {"image": _array(image)})
-        return {"p2": p2, "p3": p3, "p4": p4, "p5": p5}
+        maps = self.sessions["backbone"].run(None, {"image": _array(image)})
+        return dict(zip(self.manifest.map_names, maps, strict=True))
 
     def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
         feeds = self._box_feeds(features, rois, labels)
@@ -95,7 +94,7 @@ class OnnxRuntimeBackend(Backend):
 
         Stops early once no box is active (the result is the same as all iterations).
         """
-        params = params or RefineParams()
+        params = params or self.manifest.refinement
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
         feeds = self._box_feeds(features, rois.float(), labels)
         if feeds is None:
@@ -141,7 +140,7 @@ class OnnxRuntimeBackend(Backend):
                 f"labels must lie in [0, {self.manifest.num_classes - 1}] "
                 f"({self.manifest.num_classes} classes)"
             )
-        feeds = {name: features[name] for name in MAP_NAMES}
+        feeds = {name: features[name] for name in self.manifest.map_names}
         feeds["rois"] = _array(rois)
         feeds["labels"] = labels.detach().cpu().numpy().astype(np.int64)
         return feeds

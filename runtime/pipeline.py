@@ -13,9 +13,9 @@ from torch import Tensor
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.runtime.backend import Backend, RefineParams
 from iounet.runtime.suppression import iou_nms
-from iounet.training.trainer import pad_images
+from iounet.training.images import pad_images
 
-BACKENDS = ("ort", "ort-cuda", "trt", "torch", "torch-native")
+BACKENDS = ("ort", "ort-cuda", "trt", "torch", "torch-native", "torch-cuda")
 
 #: Called with (stage name, seconds) after each stage when timing is asked for.
 StageTimer = Callable[[str, float], None]
@@ -50,11 +50,16 @@ class Pipeline:
     """
 
     def __init__(
-        self, backend: Backend, num_classes: int, config: PipelineConfig | None = None
+        self,
+        backend: Backend,
+        num_classes: int,
+        config: PipelineConfig | None = None,
+        size_divisor: int = 32,
     ) -> None:
         self.backend = backend
         self.num_classes = num_classes
         self.config = config or PipelineConfig()
+        self.size_divisor = size_divisor
 
     @classmethod
     def from_model(
@@ -64,9 +69,22 @@ class Pipeline:
         config: PipelineConfig | None = None,
         **backend_options: object,
     ) -> Pipeline:
-        """A pipeline on an exported model folder with the named backend (see ``BACKENDS``)."""
+        """A pipeline on an exported model folder with the named backend (see ``BACKENDS``).
+
+        Without `config`, the refinement settings are the manifest's.
+        """
         manifest = load_manifest(model_dir)
-        return cls(open_backend(manifest, backend, **backend_options), manifest.num_classes, config)
+        return cls.for_manifest(
+            manifest, open_backend(manifest, backend, **backend_options), config
+        )
+
+    @classmethod
+    def for_manifest(
+        cls, manifest: Manifest, backend: Backend, config: PipelineConfig | None = None
+    ) -> Pipeline:
+        """A pipeline with `backend` on the model `manifest` describes (its settings)."""
+        config = config or PipelineConfig(refine=manifest.refinement)
+        return cls(backend, manifest.num_classes, config, manifest.input.size_divisor)
 
     def __call__(
         self,
@@ -81,7 +99,7 @@ class Pipeline:
         device = backend.device
         clock = _Clock(backend, timer)
         height, width = image.shape[1:]
-        features = backend.features(pad_images([image.float()]))
+        features = backend.features(pad_images([image.float()], self.size_divisor))
         clock("backbone")
         boxes = boxes.to(device, torch.float32)
         scores = scores.to(device, torch.float32)
@@ -122,13 +140,17 @@ def open_backend(manifest: Manifest, name: str, **options: object) -> Backend:
         from iounet.runtime.trt_backend import TensorRTBackend
 
         return TensorRTBackend(manifest.folder, **options)
-    if name in ("torch", "torch-native"):
-        from iounet.runtime.torch_backend import TorchBackend
-
+    if name in ("torch", "torch-native", "torch-cuda"):
         checkpoint = options.pop("checkpoint", None)
         if checkpoint is None:
             raise ValueError(f"the {name} backend needs the checkpoint the model was exported from")
         check_exported_from(manifest, checkpoint)
+        if name == "torch-cuda":
+            from iounet.runtime.torch_cuda_backend import TorchCudaBackend
+
+            return TorchCudaBackend.from_checkpoint(checkpoint, **options)
+        from iounet.runtime.torch_backend import TorchBackend
+
         pool = "native" if name == "torch-native" else "pytorch"
         return TorchBackend.from_checkpoint(checkpoint, pool=pool, **options)
     raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
@@ -140,7 +162,7 @@ def check_exported_from(manifest: Manifest, checkpoint: str | os.PathLike) -> No
 
     if not os.path.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if sha256_file(checkpoint) != manifest.data["checkpoint"]["sha256"]:
+    if sha256_file(checkpoint) != manifest.checkpoint.sha256:
         raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
 
 

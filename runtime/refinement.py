@@ -9,6 +9,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from iounet.export.refine_step import refine_step
+
 __all__ = ["IoUAndGrad", "refine_boxes"]
 
 # boxes (N, 4) -> (predicted IoU (N,), its gradient w.r.t. x0, y0, x1, y1 (N, 4)).
@@ -53,15 +55,17 @@ def refine_boxes(
     iou, grad = _evaluate(iou_and_grad, boxes)
     active = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
     for _ in range(iterations):
-        size = (boxes[:, 2:] - boxes[:, :2]).clamp_min(0).repeat(1, 2)
-        moved = boxes + step * grad * size
-        if upper is not None:
-            moved = moved.clamp_min(0).minimum(upper)
-        boxes = torch.where(active[:, None], moved, boxes)
-        new_iou, grad = _evaluate(iou_and_grad, boxes)
-        change = new_iou - iou
-        active &= (change.abs() >= early_stop) & (change >= degrade_tolerance)
-        iou = new_iou
+        boxes, iou, grad, active = refine_step(
+            boxes,
+            iou,
+            grad,
+            active,
+            lambda current: _evaluate(iou_and_grad, current),
+            step,
+            early_stop,
+            degrade_tolerance,
+            upper,
+        )
     return boxes, iou
 
 

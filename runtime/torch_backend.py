@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
+from iounet.plugins import native, reference_kernels
 from iounet.runtime.backend import Backend, Features
-from iounet.training.model import IoUNet, to_iou
+from iounet.training.model import IoUNet
 
 POOLS = ("pytorch", "native")
 
 
 class TorchBackend(Backend):
-    """An ``IoUNet`` in eval mode; ``pool`` picks the PrRoIPool: the PyTorch op or the native
-    CPU kernels (CPU only)."""
+    """An ``IoUNet`` in eval mode. ``pool`` picks the kernels of the PrRoIPool ops: the plain
+    PyTorch ones ("pytorch") or the native CPU kernels ("native", CPU only)."""
 
     name = "torch"
 
@@ -26,13 +29,11 @@ class TorchBackend(Backend):
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        if pool == "native":
-            from iounet.plugins import native
-
+        self.reference = pool == "pytorch"
+        if not self.reference:
             if self.device.type != "cpu":
                 raise ValueError("pool='native' runs on the CPU only")
             native.load_library()
-            self.model.head.pool_op = native.prroi_pool_differentiable
             self.name = "torch-native"
 
     @classmethod
@@ -44,18 +45,24 @@ class TorchBackend(Backend):
         model, _ = load_model(path, device)
         return cls(model, device, pool)
 
+    @contextlib.contextmanager
+    def _kernels(self) -> Iterator[None]:
+        with reference_kernels() if self.reference else contextlib.nullcontext():
+            yield
+
     @torch.no_grad()
     def features(self, image: Tensor) -> Features:
         return self.model.backbone(image.to(self.device, torch.float32))
 
     @torch.no_grad()
     def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
-        return to_iou(self.model.head(features, rois.to(self.device), labels.to(self.device)))
+        with self._kernels():
+            return self.model.head.iou(features, rois.to(self.device), labels.to(self.device))
 
     def iou_and_grad(
         self, features: Features, rois: Tensor, labels: Tensor
     ) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
+        with torch.enable_grad(), self._kernels():
             corners = rois[:, 1:].detach().to(self.device).clone().requires_grad_()
             full = torch.cat([rois[:, :1].to(self.device), corners], dim=1)
             t = self.model.head(features, full, labels.to(self.device))

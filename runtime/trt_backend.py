@@ -20,7 +20,6 @@ from iounet.export.engine import (
     engine_folder,
     load_engine_metadata,
 )
-from iounet.export.graphs import MAP_NAMES
 from iounet.export.manifest import GRAPH_ROLES, load_manifest
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
 from iounet.runtime.backend import Backend, Features, RefineParams
@@ -97,6 +96,7 @@ class TensorRTBackend(Backend):
             manifest=manifest,
         )
         self.device = torch.device("cuda", torch.cuda.current_device())
+        self.manifest = manifest
         self.precision = precision
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
@@ -113,7 +113,7 @@ class TensorRTBackend(Backend):
         backbone = self._engines["backbone"]
         image = self._input(backbone, "image", image)
         outputs = backbone.run({"image": image})
-        return tuple(outputs[name] for name in MAP_NAMES)
+        return tuple(outputs[name] for name in self.manifest.map_names)
 
     def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
         if len(rois) == 0:
@@ -140,7 +140,7 @@ class TensorRTBackend(Backend):
         on_step: Callable[[int], None] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Algorithm 2 with the fused step engine: one engine call per step, no host sync."""
-        params = params or RefineParams()
+        params = params or self.manifest.refinement
         boxes = boxes.to(self.device, torch.float32)
         if len(boxes) == 0:
             return boxes.clone(), torch.zeros(0, device=self.device)
@@ -178,9 +178,10 @@ class TensorRTBackend(Backend):
         self, engine: _Engine, features: Features, rois: Tensor, labels: Tensor
     ) -> dict[str, Tensor]:
         """The maps, rois and labels as the engine's input tensors on this device."""
-        if len(features) != len(MAP_NAMES):
-            raise ValueError(f"features must be the {len(MAP_NAMES)} maps {MAP_NAMES}")
-        tensors = {**dict(zip(MAP_NAMES, features, strict=True)), "rois": rois, "labels": labels}
+        names = self.manifest.map_names
+        if len(features) != len(names):
+            raise ValueError(f"features must be the {len(names)} maps {names}")
+        tensors = {**dict(zip(names, features, strict=True)), "rois": rois, "labels": labels}
         return {name: self._input(engine, name, value) for name, value in tensors.items()}
 
     def _input(self, engine: _Engine, name: str, tensor: Tensor) -> Tensor:

@@ -123,40 +123,6 @@ def test_resized_content_moves_with_the_boxes(tmp_path):
     torch.testing.assert_close(target["boxes"], torch.tensor([[75.0, 0.0, 91.0, 30.0]]))
 
 
-def test_flip_mirrors_image_and_boxes(files):
-    plain = _dataset(files, min_size=50)
-    flipping = _dataset(files, min_size=50, train=True, flip_probability=1.0)
-    image, target = _item(plain, 10)
-    flipped_image, flipped = _item(flipping, 10)
-    assert not bool(target["flipped"]) and bool(flipped["flipped"])
-    torch.testing.assert_close(flipped_image, image.flip(-1))
-    width = image.shape[-1]
-    boxes = target["boxes"]
-    expected = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1)
-    torch.testing.assert_close(flipped["boxes"], expected)
-    torch.testing.assert_close(flipped["labels"], target["labels"])
-    _, crowd = _item(flipping, 30)
-    _, unflipped_crowd = _item(plain, 30)
-    width = int(crowd["size"][1])
-    assert crowd["crowd_boxes"][0, 0] == width - unflipped_crowd["crowd_boxes"][0, 2]
-
-
-def test_flips_are_drawn_from_seed_epoch_and_index(files):
-    def flips(dataset: CocoDetection) -> list[bool]:
-        drawn = []
-        for epoch in range(16):
-            dataset.set_epoch(epoch)
-            drawn += [bool(dataset[i][1]["flipped"]) for i in range(len(dataset))]
-        return drawn
-
-    first = flips(_dataset(files, train=True, seed=5))
-    assert first == flips(_dataset(files, train=True, seed=5))
-    assert first != flips(_dataset(files, train=True, seed=6))
-    assert 0.25 < sum(first) / len(first) < 0.75
-    assert not any(flips(_dataset(files, train=True, flip_probability=0.0)))
-    assert not any(flips(_dataset(files, train=False, flip_probability=1.0)))
-
-
 def test_crowds_are_kept_apart_and_boxes_clipped_or_dropped(files):
     dataset = _dataset(files, min_size=40)  # image 30 is 60 x 40: scale 1
     _, target = _item(dataset, 30)
@@ -292,9 +258,6 @@ def test_non_json_annotation_file_raises(files):
     [
         ({"min_size": 0}, "min_size"),
         ({"max_size": 10.5}, "max_size"),
-        ({"flip_probability": 1.5}, "flip_probability"),
-        ({"flip_probability": "half"}, "flip_probability"),
-        ({"seed": -1}, "seed"),
     ],
 )
 def test_bad_arguments_raise_naming_them(files, arguments, name):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iounet.training.coco_dataset import CocoDetection
-from iounet.training.detection_eval import (
+from iounet.runtime.evaluation import (
     AP_KEYS,
     METHODS,
     evaluate_detections_table,
     format_table,
-    head_objective,
     plot_curves,
 )
+from iounet.runtime.torch_backend import TorchBackend
+from iounet.training.coco_dataset import CocoDetection
 from iounet.training.model import IoUNet, ModelConfig
 from iounet.training.synthetic import generate_synthetic_dataset
 
@@ -60,10 +60,16 @@ def test_exact_detections_score_perfectly_after_nms(val_set, model, tmp_path):
     assert all(path.stat().st_size > 1000 for path in plot_curves(report, tmp_path))
 
 
-def test_head_objective_gradient_matches_finite_differences(val_set, model):
+def test_torch_backend_gradient_matches_finite_differences(val_set, model):
     image, _ = val_set[0]
-    maps = model.backbone(image[None])
-    objective = head_objective(model, maps, torch.tensor([1, 3]))
+    backend = TorchBackend(model)
+    maps = backend.features(image[None])
+    labels = torch.tensor([1, 3])
+
+    def objective(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+        return backend.iou_and_grad(maps, rois, labels)
+
     boxes = torch.tensor([[5.0, 6.0, 40.0, 50.0], [10.0, 3.0, 30.0, 33.0]])
     iou, grad = objective(boxes)
     step = 1e-2

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from iounet.training.coco_dataset import CocoDetection
-from iounet.training.evaluation import evaluate_detections, pearson, scatter_plot
-from iounet.training.model import IoUNet, ModelConfig
+from iounet.training.evaluation import iou_with_same_class, pearson, scatter_plot
 from iounet.training.synthetic import generate_synthetic_dataset
 
 
@@ -32,41 +31,21 @@ def val_set(tmp_path_factory):
     return CocoDetection(out / "val" / "images", out / "val" / "annotations.json", 64, 64)
 
 
-def test_detections_are_matched_to_same_class_ground_truth(val_set):
-    torch.manual_seed(0)
-    model = IoUNet(ModelConfig(backbone="resnet18", fpn_channels=8, head_dim=16), 5)
-    detections, expected = [], []
-    for index, image_id in enumerate(val_set.image_ids):
-        _, target = val_set[index]
-        for box, label in zip(target["boxes"], target["labels"], strict=True):
-            x0, y0, x1, y1 = (box / target["scale"]).tolist()
-            w = x1 - x0
-            # The exact box (IoU 1) and one shifted by a quarter of its width (IoU 3/5).
-            category = val_set.label_to_category[int(label)]
-            detections.append(
-                {
-                    "image_id": image_id,
-                    "category_id": category,
-                    "bbox": [x0, y0, w, y1 - y0],
-                    "score": 0.9,
-                }
-            )
-            detections.append(
-                {
-                    "image_id": image_id,
-                    "category_id": category,
-                    "bbox": [x0 + w / 4, y0, w, y1 - y0],
-                    "score": 0.3,
-                }
-            )
-            expected += [1.0, 0.6]
-    result = evaluate_detections(model, val_set, detections)
-    np.testing.assert_allclose(np.sort(result.true.numpy()), np.sort(expected), atol=1e-5)
-    assert result.score_pearson == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="image ids"):
-        evaluate_detections(
-            model, val_set, [{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1}]
-        )
+def test_detections_are_matched_to_same_class_ground_truth():
+    gt_boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 40.0, 30.0]])
+    gt_labels = torch.tensor([1, 2])
+    boxes = torch.tensor(
+        [
+            [0.0, 0.0, 10.0, 10.0],  # exact, same class: 1
+            [2.5, 0.0, 12.5, 10.0],  # shifted by a quarter of its width: 3/5
+            [0.0, 0.0, 10.0, 10.0],  # exact but another class: 0
+            [20.0, 20.0, 40.0, 30.0],  # the second ground truth, its class: 1
+        ]
+    )
+    labels = torch.tensor([1, 1, 2, 2])
+    iou = iou_with_same_class(boxes, labels, gt_boxes, gt_labels)
+    np.testing.assert_allclose(iou.numpy(), [1.0, 0.6, 0.0, 1.0], atol=1e-6)
+    assert iou_with_same_class(boxes, labels, gt_boxes[:0], gt_labels[:0]).tolist() == [0.0] * 4
 
 
 def test_scatter_plot_writes_a_png(tmp_path, val_set):

@@ -12,11 +12,12 @@ import torch
 from tiny_model import assert_gradient_matches_differences
 
 from iounet.export.graphs import RefineStepGraph
-from iounet.export.manifest import GRAPH_ROLES, ManifestError, load_manifest
+from iounet.export.manifest import GRAPH_ROLES, ManifestError, TensorSpec, load_manifest
 from iounet.export.onnx_export import export_model
 from iounet.runtime.backend import Backend, RefineParams
 from iounet.runtime.ort_backend import OnnxRuntimeBackend
 from iounet.runtime.torch_backend import TorchBackend
+from iounet.training.config import RECIPES
 from iounet.training.model import fpn_levels
 
 SIZES = [(64, 96), (128, 160), (224, 192)]
@@ -44,26 +45,31 @@ def test_manifest_lists_checked_graphs_with_dynamic_shapes(exported_model):
     assert manifest.precisions() == ["fp32", "fp16"]
     assert manifest.class_names == ["ellipse", "rectangle", "triangle", "star", "ring"]
     assert manifest.category_ids == [1, 2, 3, 4, 5]
-    assert manifest.data["fpn_strides"] == [4, 8, 16, 32]
-    assert manifest.data["opset"] == 20 and manifest.data["custom_opsets"] == {"iounet": 1}
-    assert manifest.data["input"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert manifest.strides == (4, 8, 16, 32)
+    assert manifest.map_names == ("p2", "p3", "p4", "p5")
+    assert manifest.opset == 20 and manifest.custom_opsets == {"iounet": 1}
+    assert manifest.input.mean == pytest.approx([0.485, 0.456, 0.406])
+    recipe = RECIPES["cpu-demo"].data
+    assert (manifest.input.min_size, manifest.input.max_size) == (recipe.min_size, recipe.max_size)
+    assert manifest.input.size_divisor == 32
+    assert manifest.refinement == RefineParams()
     expected_nodes = {"backbone": 0, "head": 4, "iou_grad": 8, "refine_step": 8}
     for precision in ("fp32", "fp16"):
         for role in GRAPH_ROLES:
             entry = manifest.graph(role, precision)
-            model = onnx.load(str(folder / entry["file"]))
+            model = onnx.load(str(folder / entry.file))
             onnx.checker.check_model(model, full_check=True)
             custom = [n.op_type for n in model.graph.node if n.domain == "iounet"]
             assert len(custom) == expected_nodes[role], (role, custom)
             if role != "backbone":
-                rois = next(i for i in entry["inputs"] if i["name"] == "rois")
-                assert rois == {"name": "rois", "dtype": "float32", "shape": ["K", 5]}
-                p2 = next(i for i in entry["inputs"] if i["name"] == "p2")
-                assert p2["dtype"] == ("float32" if precision == "fp32" else "float16")
-                assert all(isinstance(d, str) for d in p2["shape"][2:])
-    image = manifest.graph("backbone")["inputs"][0]
-    assert image["name"] == "image" and all(isinstance(d, str) for d in image["shape"][2:])
-    assert [o["dtype"] for o in manifest.graph("iou_grad", "fp16")["outputs"]] == ["float32"] * 2
+                rois = next(i for i in entry.inputs if i.name == "rois")
+                assert rois == TensorSpec("rois", "float32", ("K", 5))
+                p2 = next(i for i in entry.inputs if i.name == "p2")
+                assert p2.dtype == ("float32" if precision == "fp32" else "float16")
+                assert all(isinstance(d, str) for d in p2.shape[2:])
+    image = manifest.graph("backbone").inputs[0]
+    assert image.name == "image" and all(isinstance(d, str) for d in image.shape[2:])
+    assert [o.dtype for o in manifest.graph("iou_grad", "fp16").outputs] == ["float32"] * 2
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -42,7 +42,7 @@ class CocoDetection(Dataset):
     `boxes` (K, 4) float32 x0, y0, x1, y1 in resized pixels, `labels` (K,) int64 contiguous class
     indices 0..C-1 (categories in increasing id order), `crowd_boxes` (M, 4) of the iscrowd=1
     annotations (not in `boxes`), `image_id`, `orig_size` and `size` (height, width, int64),
-    `scale` (resized over original pixels, the same for x and y, float32) and `flipped` (bool).
+    `scale` (resized over original pixels, the same for x and y, float32).
     `category_to_label` and `label_to_category` map COCO category ids to labels and back.
 
     The annotation file is checked when the dataset is built: boxes are clipped to the image
@@ -50,9 +50,6 @@ class CocoDetection(Dataset):
     drop the image); with `skip_empty` images without non-crowd boxes are dropped. `report()`
     counts all of this. An image that fails to decode raises when its item is read, or with
     `skip_unreadable` is replaced by the next readable item and counted in this process.
-
-    In train mode an item is flipped horizontally with `flip_probability`, drawn from
-    `(seed, epoch, index)`; call `set_epoch` once per epoch for fresh flips.
     """
 
     def __init__(
@@ -61,29 +58,18 @@ class CocoDetection(Dataset):
         annotation_file: str | Path,
         min_size: int = 800,
         max_size: int = 1333,
-        train: bool = False,
-        flip_probability: float = 0.5,
-        seed: int = 0,
         skip_empty: bool = False,
         skip_unreadable: bool = False,
     ) -> None:
         for name, value in (("min_size", min_size), ("max_size", max_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(flip_probability, bool) or not isinstance(flip_probability, numbers.Real):
-            raise ValueError(f"flip_probability must be a number, got {flip_probability!r}")
-        if not 0.0 <= flip_probability <= 1.0:
-            raise ValueError(f"flip_probability must be in [0, 1], got {flip_probability!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
         self.images_dir = Path(images_dir)
         self.annotation_file = Path(annotation_file)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images directory not found: {self.images_dir}")
         self.min_size, self.max_size = min_size, max_size
-        self.train, self.flip_probability, self.seed = train, float(flip_probability), seed
         self.skip_unreadable = skip_unreadable
-        self.epoch = 0
 
         self.coco = _load_coco(self.annotation_file)
         category_ids = sorted(self.coco.getCatIds())
@@ -136,12 +122,8 @@ class CocoDetection(Dataset):
                 self._unreadable.add(position)
                 self.unreadable_files.append(record.path)
                 continue
-            return self._item(record, image, position)
+            return self._item(record, image)
         raise ValueError(f"no readable image left in {self.images_dir}")
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch whose flips items draw (train mode)."""
-        self.epoch = int(epoch)
 
     def report(self) -> dict[str, int]:
         """Return counts of images, annotations and what was clipped, dropped or skipped."""
@@ -188,9 +170,7 @@ class CocoDetection(Dataset):
             np.array(crowd, dtype=np.float32).reshape(-1, 4),
         )
 
-    def _item(
-        self, record: _Record, image: Image.Image, index: int
-    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def _item(self, record: _Record, image: Image.Image) -> tuple[Tensor, dict[str, Tensor]]:
         scale, height, width = self.resized_shape(record.height, record.width)
         if scale != 1.0:
             # The source region kept is (width, height) / scale: one exact factor for both axes.
@@ -205,11 +185,6 @@ class CocoDetection(Dataset):
         pixels = pixels.to(torch.float32).div_(255.0)
         boxes, keep = _resize_boxes(record.boxes, scale, height, width)
         crowd_boxes, _ = _resize_boxes(record.crowd_boxes, scale, height, width)
-        flipped = self.train and self._flip(index)
-        if flipped:
-            pixels = pixels.flip(-1)
-            boxes = _flip_boxes(boxes, width)
-            crowd_boxes = _flip_boxes(crowd_boxes, width)
         target = {
             "boxes": torch.from_numpy(boxes),
             "labels": torch.from_numpy(record.labels[keep]),
@@ -218,13 +193,8 @@ class CocoDetection(Dataset):
             "orig_size": torch.tensor([record.height, record.width], dtype=torch.int64),
             "size": torch.tensor([height, width], dtype=torch.int64),
             "scale": torch.tensor(scale, dtype=torch.float32),
-            "flipped": torch.tensor(flipped),
         }
         return pixels, target
-
-    def _flip(self, index: int) -> bool:
-        rng = np.random.default_rng((self.seed, self.epoch, index))
-        return bool(rng.random() < self.flip_probability)
 
 
 def collate(
@@ -241,10 +211,6 @@ def _resize_boxes(
     boxes = np.clip(boxes * scale, 0.0, np.array([width, height, width, height], np.float32))
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     return boxes[keep], keep
-
-
-def _flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:
-    return np.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], axis=1)
 
 
 def _decode(record: _Record) -> Image.Image:
@@ -354,3 +320,22 @@ _ANNOTATION_FIELDS = (
     ("category_id", _is_int, "an int"),
     ("bbox", _is_bbox, "a list of 4 finite numbers [x, y, width, height]"),
 )
+
+
+def dataset_for_checkpoint(
+    images: str | Path, annotations: str | Path, state: dict[str, Any], checkpoint: str | Path
+) -> CocoDetection:
+    """The images of a COCO file, sized as the checkpoint `state` was trained; ValueError when the
+    file's classes are not the checkpoint's."""
+    from iounet.training.config import TrainConfig
+
+    config = TrainConfig.from_dict(state["config"])
+    dataset = CocoDetection(
+        images, annotations, min_size=config.data.min_size, max_size=config.data.max_size
+    )
+    if list(dataset.class_names) != state["class_names"]:
+        raise ValueError(
+            f"{annotations} has classes {list(dataset.class_names)}, "
+            f"{checkpoint} {state['class_names']}"
+        )
+    return dataset

@@ -1,11 +1,10 @@
-"""`iounet data synth`, `train`, `train-detector`, `detect` and `eval` (the predictor's Pearson)."""
+"""`iounet data synth`, `train`, `train-detector` and `detect`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,17 +40,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     detect.add_argument("--force", action="store_true", help="replace an existing --out")
     detect.add_argument("--device", default="cpu")
     detect.set_defaults(run=_detect)
-
-    evaluate = subparsers.add_parser("eval", help="evaluate the IoU predictor")
-    evaluate.add_argument("--images", type=Path, required=True)
-    evaluate.add_argument("--annotations", type=Path, required=True)
-    evaluate.add_argument("--checkpoint", type=Path, required=True)
-    evaluate.add_argument("--detections", type=Path, help="COCO results of a detector")
-    evaluate.add_argument("--json", type=Path, help="write the figures here")
-    evaluate.add_argument("--plots", type=Path, help="folder for scatter plots")
-    evaluate.add_argument("--max-images", type=int)
-    evaluate.add_argument("--device", default="cpu")
-    evaluate.set_defaults(run=_eval)
 
 
 def _training_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:
@@ -117,12 +105,13 @@ def _run_training(args: argparse.Namespace, trainer_class: type, default_recipe:
 
 def _detect(args: argparse.Namespace) -> int:
     from iounet.files import atomic_path
+    from iounet.training.coco_dataset import dataset_for_checkpoint
     from iounet.training.detector import detect, load_detector
 
     if args.out.exists() and not args.force:
         raise SystemExit(f"{args.out} exists: pass --force to replace it")
     model, state = load_detector(args.checkpoint, args.device)
-    dataset = _dataset_like_checkpoint(args, state)
+    dataset = dataset_for_checkpoint(args.images, args.annotations, state, args.checkpoint)
     results = []
     for index in range(len(dataset)):
         image, target = dataset[index]
@@ -143,64 +132,3 @@ def _detect(args: argparse.Namespace) -> int:
         temporary.write_text(json.dumps(results))
     print(f"{len(results)} raw detections on {len(dataset)} images -> {args.out}")
     return 0
-
-
-def _eval(args: argparse.Namespace) -> int:
-
-    from iounet.files import atomic_path
-    from iounet.training.checkpoint import load_model
-    from iounet.training.evaluation import evaluate_jittered, scatter_plot
-
-    model, state = load_model(args.checkpoint, args.device)
-    dataset = _dataset_like_checkpoint(args, state)
-    report: dict = {}
-    jittered = evaluate_jittered(model, dataset, max_images=args.max_images)
-    report["pearson"] = {
-        "jittered_predicted_iou": jittered.pearson,
-        "jittered_boxes": len(jittered.true),
-    }
-    print(
-        f"jittered boxes: {len(jittered.true)}, Pearson(predicted, true IoU) {jittered.pearson:.3f}"
-    )
-    if args.plots:
-        scatter_plot(args.plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
-    if args.detections:
-        from iounet.runtime.detections import read_detections
-        from iounet.training.detection_eval import (
-            evaluate_detections_table,
-            format_table,
-            plot_report,
-        )
-
-        detections = read_detections(args.detections)
-        table = evaluate_detections_table(model, dataset, detections)
-        report = {**table.as_json(), "pearson": {**report["pearson"], **table.pearson}}
-        print(format_table(table))
-        figures = table.pearson
-        print(
-            f"detections with IoU > 0.5: {figures['boxes']}, Pearson predicted IoU "
-            f"{figures['predicted_iou']:.3f}, classification {figures['classification']:.3f}"
-        )
-        if args.plots:
-            plot_report(table, args.plots)
-    if args.json:
-        with atomic_path(args.json) as temporary:
-            temporary.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
-
-
-def _dataset_like_checkpoint(args: argparse.Namespace, state: dict) -> Any:
-    """The --images/--annotations dataset, sized as the checkpoint was trained, same classes."""
-    from iounet.training.coco_dataset import CocoDetection
-    from iounet.training.config import TrainConfig
-
-    config = TrainConfig.from_dict(state["config"])
-    dataset = CocoDetection(
-        args.images, args.annotations, min_size=config.data.min_size, max_size=config.data.max_size
-    )
-    if list(dataset.class_names) != state["class_names"]:
-        raise SystemExit(
-            f"{args.annotations} has classes {list(dataset.class_names)}, "
-            f"{args.checkpoint} {state['class_names']}"
-        )
-    return dataset

@@ -7,7 +7,7 @@ and a detector's boxes with IoU > 0.5, where the classification confidence is co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from iounet.files import atomic_path
+from iounet.training.images import pad_images
 from iounet.training.jitter import jitter_boxes
 from iounet.training.model import IoUNet, to_iou
-from iounet.training.trainer import pad_images, step_generator
+from iounet.training.trainer import step_generator
 
 
 @dataclass
@@ -87,57 +88,6 @@ def evaluate_jittered(
     predicted_all = torch.cat(predicted) if predicted else torch.zeros(0)
     true_all = torch.cat(true) if true else torch.zeros(0)
     return PredictorEvaluation(predicted_all, true_all, pearson(predicted_all, true_all))
-
-
-@torch.no_grad()
-def evaluate_detections(
-    model: IoUNet,
-    dataset: Sequence,
-    detections: Iterable[dict],
-    *,
-    min_iou: float = 0.5,
-) -> PredictorEvaluation:
-    """Predictor and classification-confidence quality on a detector's boxes with IoU > min_iou.
-
-    `detections` are COCO results (image_id, category_id, bbox [x, y, w, h] in original image
-    pixels, score); the true IoU of a detection is its best IoU with a ground truth of its class.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    by_image: dict[int, list[dict]] = {}
-    for detection in detections:
-        by_image.setdefault(int(detection["image_id"]), []).append(detection)
-    index_of = {int(image_id): i for i, image_id in enumerate(dataset.image_ids)}
-    unknown = sorted(set(by_image) - set(index_of))
-    if unknown:
-        raise ValueError(f"detections name image ids not in the dataset: {unknown[:10]}")
-    category_index = dataset.category_to_label
-    predicted, true, scores = [], [], []
-    for image_id, items in by_image.items():
-        image, target = dataset[index_of[image_id]]
-        boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
-        boxes[:, 2:] += boxes[:, :2]
-        boxes *= float(target["scale"])
-        labels = torch.tensor([category_index[int(d["category_id"])] for d in items])
-        iou = iou_with_same_class(boxes, labels, target["boxes"], target["labels"])
-        keep = iou > min_iou
-        if not bool(keep.any()):
-            continue
-        rois = torch.cat([boxes.new_zeros((int(keep.sum()), 1)), boxes[keep]], dim=1)
-        prediction = model(pad_images([image]).to(device), rois.to(device), labels[keep].to(device))
-        predicted.append(to_iou(prediction).cpu())
-        true.append(iou[keep])
-        scores.append(torch.tensor([d["score"] for d in items], dtype=torch.float32)[keep])
-    predicted_all = torch.cat(predicted) if predicted else torch.zeros(0)
-    true_all = torch.cat(true) if true else torch.zeros(0)
-    scores_all = torch.cat(scores) if scores else torch.zeros(0)
-    return PredictorEvaluation(
-        predicted_all,
-        true_all,
-        pearson(predicted_all, true_all),
-        scores_all,
-        pearson(scores_all, true_all),
-    )
 
 
 def iou_with_same_class(

@@ -9,7 +9,8 @@ another detector's FPN features and export can cut between them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 
-from iounet.plugins import prroi_pool
+import iounet.plugins.ops  # noqa: F401 - registers torch.ops.iounet.*
 
 #: Strides of the FPN levels P2, P3, P4, P5 that the head pools from.
 FPN_STRIDES = (4, 8, 16, 32)
@@ -144,6 +145,13 @@ def fpn_levels(boxes: Tensor, config: ModelConfig) -> Tensor:
 class IoUHead(nn.Module):
     """FPN maps [P2..P5], rois (K, 5) `[batch_index, x0, y0, x1, y1]` in image pixels, labels (K,)
     -> normalized IoU t (K,) for each box's class.
+
+    The one definition of the head: training runs ``forward``, export traces ``iou`` and
+    ``iou_and_box_gradient``, and the runtime's PyTorch backends run them too. Every box is
+    pooled on all four levels with the rois of the other levels given batch index -1, which pool
+    to zeros with zero gradient (the PrRoIPool contract): the sum over levels is the pooling on
+    the box's own level, with no data-dependent shapes. Maps may be float16/bfloat16 (autocast,
+    fp16 graphs) with float32 boxes; t, the IoU and the box gradient are at least float32.
     """
 
     def __init__(self, config: ModelConfig, num_classes: int) -> None:
@@ -152,8 +160,6 @@ class IoUHead(nn.Module):
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.config = config
         self.num_classes = num_classes
-        #: The PrRoIPool implementation: the PyTorch op, or e.g. the native CPU kernels.
-        self.pool_op: Callable[[Tensor, Tensor, int, float], Tensor] = prroi_pool
         inputs = config.fpn_channels * config.pool_size**2
         self.fc1 = nn.Linear(inputs, config.head_dim)
         self.fc2 = nn.Linear(config.head_dim, config.head_dim)
@@ -164,22 +170,72 @@ class IoUHead(nn.Module):
         nn.init.normal_(self.predictor.weight, std=0.01)
         nn.init.zeros_(self.predictor.bias)
 
-    def pool(self, maps: Sequence[Tensor], rois: Tensor) -> Tensor:
-        """PrRoIPool of every roi on its FPN level: (K, C, pool_size, pool_size)."""
+    def level_rois(self, rois: Tensor) -> list[Tensor]:
+        """Per FPN level, the rois with batch index -1 where a box belongs to another level."""
         levels = fpn_levels(rois[:, 1:], self.config)
+        outside = torch.full_like(rois[:, :1], -1.0)
+        return [
+            torch.cat([torch.where(levels[:, None] == level, rois[:, :1], outside), rois[:, 1:]], 1)
+            for level in range(len(FPN_STRIDES))
+        ]
+
+    def pool(self, maps: Sequence[Tensor], rois: Tensor) -> Tensor:
+        """PrRoIPool of every roi on its FPN level: (K, C, pool_size, pool_size), maps' dtype."""
         size = self.config.pool_size
-        pooled = maps[0].new_zeros((rois.shape[0], maps[0].shape[1], size, size))
-        for level, (features, stride) in enumerate(zip(maps, FPN_STRIDES, strict=True)):
-            index = torch.nonzero(levels == level).flatten()
-            if index.numel():
-                pooled[index] = self.pool_op(features, rois[index], size, 1.0 / stride)
-        return pooled
+        parts = [
+            torch.ops.iounet.prroi_pool(features, level_rois, size, size, 1.0 / stride)
+            for level_rois, features, stride in zip(
+                self.level_rois(rois), maps, FPN_STRIDES, strict=True
+            )
+        ]
+        return functools.reduce(torch.add, parts)
 
     def forward(self, maps: Sequence[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
         hidden = torch.relu(self.fc1(self.pool(maps, rois).flatten(1)))
         hidden = torch.relu(self.fc2(hidden))
         scores = self.predictor(hidden)
-        return scores.gather(1, labels.long().view(-1, 1)).squeeze(1)
+        t = scores.gather(1, labels.long().view(-1, 1)).squeeze(1)
+        return t.to(_at_least_float32(t.dtype))
+
+    def iou(self, maps: Sequence[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
+        """Predicted IoU in [0, 1] (K,)."""
+        return to_iou(self(maps, rois, labels))
+
+    def iou_and_box_gradient(
+        self, maps: Sequence[Tensor], rois: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """IoU (t + 1) / 2 unclamped (K,) and its gradient w.r.t. the box corners (K, 4).
+
+        The head's backward written out (FC/ReLU, then PrRoIPoolCoordGrad on each level), so
+        that an exported graph needs no autograd.
+        """
+        pooled = self.pool(maps, rois)
+        before1 = self.fc1(pooled.flatten(1))
+        hidden1 = torch.relu(before1)
+        before2 = self.fc2(hidden1)
+        hidden2 = torch.relu(before2)
+        index = labels.long()
+        weights = self.predictor.weight[index]  # (K, H): the row of each box's class
+        out = _at_least_float32(pooled.dtype)
+        t = (hidden2 * weights).sum(1).to(out) + self.predictor.bias[index].to(out)
+        grad2 = weights * (before2 > 0).to(weights.dtype)
+        grad1 = (grad2 @ self.fc2.weight) * (before1 > 0).to(grad2.dtype)
+        grad_pooled = (0.5 * grad1 @ self.fc1.weight).reshape(pooled.shape)
+        size = self.config.pool_size
+        parts = [
+            torch.ops.iounet.prroi_pool_coord_grad(
+                features, level_rois, grad_pooled, size, size, 1.0 / stride
+            )[:, 1:].to(out)
+            for level_rois, features, stride in zip(
+                self.level_rois(rois), maps, FPN_STRIDES, strict=True
+            )
+        ]
+        return (t + 1) / 2, functools.reduce(torch.add, parts)
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float32 for float16/bfloat16/float32, float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
 
 
 class IoUNet(nn.Module):
@@ -206,20 +262,6 @@ class IoUNet(nn.Module):
     def architecture(self) -> dict:
         """What a checkpoint must match to load into this model."""
         return {"config": asdict(self.config), "num_classes": self.num_classes}
-
-
-def use_fast_pooling(model: IoUNet, device: torch.device) -> bool:
-    """Pool with the native CPU kernels when the model runs on the CPU and they are built."""
-    from iounet.plugins import native
-
-    if device.type != "cpu":
-        return False
-    try:
-        native.load_library()
-    except native.NativeLibraryError:
-        return False
-    model.head.pool_op = native.prroi_pool_differentiable
-    return True
 
 
 def to_iou(t: Tensor) -> Tensor:

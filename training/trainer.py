@@ -25,11 +25,9 @@ from torch.utils.data import DataLoader
 from iounet.training.checkpoint import LAST_NAME, check_compatible, load_checkpoint, save_checkpoint
 from iounet.training.coco_dataset import CocoDetection, collate
 from iounet.training.config import TrainConfig
+from iounet.training.images import pad_images
 from iounet.training.jitter import jitter_boxes
-from iounet.training.model import IoUNet, to_target, use_fast_pooling
-
-#: Images of a batch are padded to a multiple of the coarsest FPN stride.
-SIZE_DIVISOR = 32
+from iounet.training.model import IoUNet, to_target
 
 
 @dataclass
@@ -72,18 +70,6 @@ class StepBatches:
         return torch.randperm(
             self.size, generator=step_generator(self.seed, epoch, salt=1)
         ).tolist()
-
-
-def pad_images(images: list[Tensor]) -> Tensor:
-    """Stack (3, H, W) images into one batch, zero-padded at the bottom and right."""
-    height = max(image.shape[1] for image in images)
-    width = max(image.shape[2] for image in images)
-    height = math.ceil(height / SIZE_DIVISOR) * SIZE_DIVISOR
-    width = math.ceil(width / SIZE_DIVISOR) * SIZE_DIVISOR
-    batch = images[0].new_zeros((len(images), 3, height, width))
-    for index, image in enumerate(images):
-        batch[index, :, : image.shape[1], : image.shape[2]] = image
-    return batch
 
 
 def training_boxes(
@@ -159,7 +145,6 @@ class Trainer:
             split / "annotations.json",
             min_size=config.data.min_size,
             max_size=config.data.max_size,
-            train=False,
         )
         self.class_names = list(self.dataset.class_names)
         torch.manual_seed(config.seed)
@@ -193,7 +178,6 @@ class Trainer:
         if config.backbone_from:
             state = load_checkpoint(config.backbone_from)
             model.backbone.load_detector(state["model"], config.backbone_from)
-        use_fast_pooling(model, self.device)
         return model
 
     def architecture(self) -> dict:
