@@ -21,10 +21,10 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import Tensor
 
-from iounet.plugins import native
+from iounet.plugins import cuda, native
+from iounet.plugins.iou_nms import iou_nms_cpu
 
 __all__ = ["iou_nms", "nms", "soft_nms"]
 
@@ -57,6 +57,8 @@ def nms(
     _check_scores("scores", scores, boxes)
     _check_labels(labels, boxes)
     threshold = _check_fraction("iou_threshold", iou_threshold)
+    import torchvision  # here, not at import: torchvision loads PIL and its datasets
+
     if labels is None:
         return torchvision.ops.nms(boxes, scores, threshold)
     if boxes.numel() and bool(boxes.min() < 0):
@@ -82,11 +84,12 @@ def iou_nms(
     Returns ``keep``, int64 indices of the kept boxes in that order (decreasing ``ious``), and
     ``kept_scores``, their updated classification scores (dtype of ``scores``).
 
-    On the CPU this runs in the native library when it is built (`make native`; IoUs in float64
-    on the raw coordinates). Otherwise IoUs are computed in float64 (float32 on MPS), after
-    moving each label's boxes by a multiple of the coordinate range so that labels never meet
-    (torchvision's coordinate trick); on a GPU the threshold is rounded to float32, as
-    torchvision's GPU kernels do.
+    On the CPU this runs in the native library when it is built (`make native`; IoUs in
+    float64 on the raw coordinates); on a GPU in the CUDA library when it is built (IoUs in the
+    boxes' dtype, no host round trip until the kept count is read). Otherwise IoUs are computed
+    in float64 (float32 on MPS), after moving each label's boxes by a multiple of the coordinate
+    range so that labels never meet (torchvision's coordinate trick); on a GPU the threshold is
+    rounded to float32, as torchvision's GPU kernels do.
     """
     _check_boxes(boxes)
     _check_scores("scores", scores, boxes)
@@ -96,7 +99,9 @@ def iou_nms(
     if boxes.shape[0] == 0:
         return torch.empty(0, dtype=torch.int64, device=boxes.device), scores[:0].clone()
     if boxes.device.type == "cpu" and USE_NATIVE and native.available():
-        return native.iou_nms(boxes, scores, ious, labels, threshold)
+        return iou_nms_cpu(boxes, scores, ious, labels, threshold)
+    if boxes.device.type == "cuda" and USE_NATIVE and cuda.available(boxes.device):
+        return cuda.iou_nms(boxes, scores, ious.to(boxes.dtype), labels, threshold)
     if boxes.device.type != "cpu":  # as torchvision's GPU kernels compare
         threshold = torch.tensor(threshold, dtype=torch.float32).item()
     entries, position, class_id, class_end = _class_major_order(ious, labels)
@@ -250,10 +255,12 @@ def _greedy_keep(boxes: Tensor, position: Tensor, bounds: list[int], threshold: 
     (Within a group, taking the boxes in global rather than place order lets early boxes
     suppress more boxes before they are compared with the next kept box: less work.)
     """
+    from torchvision.ops import nms as torchvision_nms
+
     n = boxes.shape[0]
     score = (n - position).to(boxes.dtype)
     keep = [
-        torchvision.ops.nms(boxes[lo:hi], score[lo:hi], threshold) + lo
+        torchvision_nms(boxes[lo:hi], score[lo:hi], threshold) + lo
         for lo, hi in itertools.pairwise(bounds)
     ]
     kept = torch.zeros(n, dtype=torch.bool, device=boxes.device)

@@ -3,6 +3,7 @@ and on a GPU with TensorRT the TensorRT backend against ONNX Runtime."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -27,7 +28,18 @@ from iounet.export.engine import (
     parse_image_size,
     parse_range,
 )
-from iounet.export.manifest import GRAPH_ROLES, load_manifest, sha256_file
+from iounet.export.manifest import (
+    GRAPH_ROLES,
+    Category,
+    CheckpointInfo,
+    FeatureMap,
+    GraphEntry,
+    InputSpec,
+    Manifest,
+    TensorSpec,
+    load_manifest,
+    sha256_file,
+)
 from iounet.runtime.backend import Backend, RefineParams
 
 CHANNELS = 8
@@ -61,23 +73,25 @@ def fake_model(folder: Path, precisions: tuple[str, ...] = ("fp32",)) -> Path:
                 for n, s in inputs.items()
             ]
             (folder / file).write_text(json.dumps(network))
-            graphs[precision][role] = {
-                "file": file,
-                "sha256": sha256_file(folder / file),
-                "inputs": [{"name": n, "dtype": "float32", "shape": s} for n, s in inputs.items()],
-                "outputs": [],
-            }
-    manifest = {
-        "format": "iounet-model",
-        "format_version": 1,
-        "categories": [{"id": 1, "name": "thing"}],
-        "fpn_strides": list(MAPS.values()),
-        "graphs": graphs,
-        "input": {},
-        "refinement": {},
-        "versions": {},
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+            graphs[precision][role] = GraphEntry(
+                file,
+                sha256_file(folder / file),
+                tuple(TensorSpec(n, "float32", tuple(s)) for n, s in inputs.items()),
+                (),
+            )
+    Manifest(
+        folder=folder,
+        categories=(Category(1, "thing"),),
+        maps=tuple(FeatureMap(name, stride) for name, stride in MAPS.items()),
+        fpn_channels=CHANNELS,
+        pool_size=7,
+        input=InputSpec(64, 64, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        refinement=RefineParams(),
+        checkpoint=CheckpointInfo("last.pt", "0" * 64, 1),
+        graphs=graphs,
+        opset=20,
+        custom_opsets={"iounet": 1},
+    ).save(folder)
     return folder
 
 
@@ -290,7 +304,9 @@ def test_profiles_follow_the_image_size_and_box_ranges(tmp_path):
 
 def test_profiles_refuse_unknown_dynamic_dimensions(tmp_path):
     manifest = load_manifest(fake_model(tmp_path / "model"))
-    manifest.graph("refine_step")["inputs"][-1]["shape"] = ["S"]
+    entry = manifest.graph("refine_step")
+    inputs = (*entry.inputs[:-1], dataclasses.replace(entry.inputs[-1], shape=("S",)))
+    manifest.graphs["fp32"]["refine_step"] = dataclasses.replace(entry, inputs=inputs)
     with pytest.raises(ValueError, match="refine_step input degrade_tolerance"):
         engine_profiles(manifest, "refine_step", BOXES, SIZES)
 
@@ -344,7 +360,7 @@ def test_build_writes_engines_and_metadata(fake_trt, tmp_path):
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         assert entry["onnx"] == {
             "file": f"{role}.onnx",
-            "sha256": manifest.graph(role)["sha256"],
+            "sha256": manifest.graph(role).sha256,
         }
     assert metadata["engines"]["refine_step"]["profile"]["upper"] == {
         "min": [4],
@@ -637,6 +653,7 @@ def _onnxruntime(model: Path, image, rois, labels) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 @pytest.mark.parametrize(
     ("precision", "map_tol", "iou_tol", "grad_tol"),
     [("fp32", 1e-4, 1e-4, 1e-3), ("fp16", 5e-2, 2e-2, 5e-2)],
@@ -666,6 +683,7 @@ def test_tensorrt_backend_matches_onnxruntime(trt_model, precision, map_tol, iou
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_fused_refinement_equals_the_default(trt_model, precision):
     from iounet.runtime.trt_backend import TensorRTBackend
@@ -684,6 +702,7 @@ def test_fused_refinement_equals_the_default(trt_model, precision):
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_backend_refuses_shapes_outside_the_profiles(trt_model):
     from iounet.runtime.trt_backend import TensorRTBackend
 
@@ -706,6 +725,7 @@ def test_tensorrt_backend_module_imports_without_tensorrt(monkeypatch, tmp_path)
 
 
 @pytest.mark.gpu
+@pytest.mark.tensorrt
 def test_bench_prints_torch_ort_and_trt_side_by_side(trt_model, capsys):
     from iounet.cli import main
 

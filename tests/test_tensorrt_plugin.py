@@ -10,7 +10,7 @@ from prroi_cases import BOX_CASES, make_features
 
 from iounet.plugins import prroi_pool, prroi_pool_coord_grad, trt_loader
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.tensorrt]
 
 CHANNELS = 3
 POOLED = (3, 2)

@@ -1,0 +1,190 @@
+"""The PyTorch model on a GPU with our CUDA kernels: the backend for machines without TensorRT.
+
+PrRoIPool runs on the CUDA library (``iounet.plugins.cuda``) through the registered ops, the box
+gradient is the head's written-out backward (``IoUHead.iou_and_box_gradient``, no autograd), and
+the refinement (the IoU and gradient at the start, then the steps of Algorithm 2) is captured
+once per input shape as a CUDA graph and replayed per image: no host synchronization until the
+results are read.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from iounet.export.refine_step import RefineParams, refine_step
+from iounet.plugins import cuda
+from iounet.runtime.backend import Backend, Features, StepHook
+from iounet.training.model import IoUNet
+
+#: Captured refinement graphs kept per backend (one per box count and map size); the oldest goes.
+GRAPH_CACHE = 8
+
+
+@dataclass
+class _Captured:
+    """A captured refinement: its graph and the static tensors it reads and writes."""
+
+    graph: torch.cuda.CUDAGraph
+    maps: tuple[Tensor, ...]
+    boxes: Tensor
+    labels: Tensor
+    settings: Tensor  # (width, height, width, height, step, early_stop, degrade_tolerance)
+    out_boxes: Tensor
+    out_iou: Tensor
+
+
+class TorchCudaBackend(Backend):
+    """An ``IoUNet`` in eval mode on a CUDA device, PrRoIPool on the CUDA library."""
+
+    name = "torch-cuda"
+
+    def __init__(
+        self, model: IoUNet, device: str | torch.device = "cuda", graphs: bool = True
+    ) -> None:
+        self.device = torch.device(device)
+        if self.device.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError("the torch-cuda backend needs a CUDA device (none is visible)")
+        if self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        if not cuda.available(self.device):
+            cuda.load_library()  # raises saying how to build it when it is missing
+            raise ValueError(
+                f"the CUDA library cannot run on {torch.cuda.get_device_name(self.device)}: "
+                "rebuild it for this GPU's architecture (make native CUDA_ARCHS=...)"
+            )
+        self.model = model.to(self.device).eval()
+        self.graphs = graphs
+        self._captured: collections.OrderedDict[tuple, _Captured] = collections.OrderedDict()
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | os.PathLike, device: str | torch.device = "cuda", graphs: bool = True
+    ) -> TorchCudaBackend:
+        from iounet.training.checkpoint import load_model
+
+        model, _ = load_model(path, "cpu")
+        return cls(model, device, graphs)
+
+    @torch.no_grad()
+    def features(self, image: Tensor) -> Features:
+        return tuple(self.model.backbone(image.to(self.device, torch.float32)))
+
+    @torch.no_grad()
+    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+        return self.model.head.iou(features, rois.to(self.device), labels.to(self.device))
+
+    @torch.no_grad()
+    def iou_and_grad(
+        self, features: Features, rois: Tensor, labels: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        return self.model.head.iou_and_box_gradient(
+            features, rois.to(self.device), labels.to(self.device)
+        )
+
+    @torch.no_grad()
+    def refine(
+        self,
+        features: Features,
+        boxes: Tensor,
+        labels: Tensor,
+        image_size: tuple[int, int],
+        params: RefineParams | None = None,
+        on_step: StepHook | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """Algorithm 2. With ``on_step`` (per-step timing) the steps run one by one; without it
+        the whole refinement is one CUDA graph replay."""
+        params = params or RefineParams()
+        boxes = boxes.to(self.device, torch.float32)
+        labels = labels.to(self.device, torch.int64)
+        if len(boxes) == 0:
+            return boxes.clone(), torch.zeros(0, device=self.device)
+        height, width = image_size
+        settings = torch.tensor(
+            [
+                width,
+                height,
+                width,
+                height,
+                params.step,
+                params.early_stop,
+                params.degrade_tolerance,
+            ],
+            dtype=torch.float32,
+        ).to(self.device, non_blocking=True)
+        if on_step is not None or not self.graphs:
+            return self._refine(
+                tuple(features), boxes, labels, settings, params.iterations, on_step
+            )
+        captured = self._capture(tuple(features), boxes, labels, params.iterations)
+        for static, value in zip(captured.maps, features, strict=True):
+            static.copy_(value)
+        captured.boxes.copy_(boxes)
+        captured.labels.copy_(labels)
+        captured.settings.copy_(settings)
+        captured.graph.replay()
+        return captured.out_boxes.clone(), captured.out_iou.clone()
+
+    def synchronize(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def _refine(
+        self,
+        maps: tuple[Tensor, ...],
+        boxes: Tensor,
+        labels: Tensor,
+        settings: Tensor,
+        iterations: int,
+        on_step: StepHook | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        """The refinement as plain tensor code (what the CUDA graph captures)."""
+        batch = torch.zeros_like(boxes[:, :1])
+
+        def objective(current: Tensor) -> tuple[Tensor, Tensor]:
+            return self.model.head.iou_and_box_gradient(
+                maps, torch.cat([batch, current], dim=1), labels
+            )
+
+        iou, grad = objective(boxes)
+        if on_step is not None:
+            on_step(0)
+        active = torch.ones_like(iou, dtype=torch.bool)
+        upper, step, early_stop, degrade = settings[:4], settings[4], settings[5], settings[6]
+        for index in range(iterations):
+            boxes, iou, grad, active = refine_step(
+                boxes, iou, grad, active, objective, step, early_stop, degrade, upper
+            )
+            if on_step is not None:
+                on_step(index + 1)
+        return boxes, iou
+
+    def _capture(
+        self, maps: tuple[Tensor, ...], boxes: Tensor, labels: Tensor, iterations: int
+    ) -> _Captured:
+        key = (tuple(m.shape for m in maps), maps[0].dtype, len(boxes), iterations)
+        if key in self._captured:
+            self._captured.move_to_end(key)
+            return self._captured[key]
+        static_maps = tuple(m.clone() for m in maps)
+        static_boxes, static_labels = boxes.clone(), labels.clone()
+        settings = torch.zeros(7, device=self.device)
+        args = (static_maps, static_boxes, static_labels, settings, iterations)
+        side = torch.cuda.Stream(self.device)  # warm up off the default stream, as capture needs
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            self._refine(*args)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out_boxes, out_iou = self._refine(*args)
+        captured = _Captured(
+            graph, static_maps, static_boxes, static_labels, settings, out_boxes, out_iou
+        )
+        self._captured[key] = captured
+        if len(self._captured) > GRAPH_CACHE:
+            self._captured.popitem(last=False)
+        return captured
