@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -84,7 +85,7 @@ def _compute_dtype(input: Tensor, rois: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(input.dtype, rois.dtype), torch.float32)
 
 
-# --- prroi_pool ---------------------------------------------------------------------------------
+# --- the ops: schema and default (reference) kernel ----------------------------------------------
 
 
 @torch.library.custom_op("iounet::prroi_pool", mutates_args=())
@@ -94,46 +95,6 @@ def prroi_pool_op(
     """PrRoIPool forward: (K, C, pooled_height, pooled_width) in the dtype of `input`."""
     check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
     return reference.pool(input, rois, (pooled_height, pooled_width), spatial_scale)
-
-
-@prroi_pool_op.register_kernel("cpu")
-def _prroi_pool_cpu(
-    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
-    pooled = (pooled_height, pooled_width)
-    if not _native_ready():
-        return reference.pool(input, rois, pooled, spatial_scale)
-    dtype = _compute_dtype(input, rois)
-    output = native.prroi_pool(
-        input.to(dtype), rois.to(dtype), pooled, spatial_scale, check_values=False
-    )
-    return output.to(input.dtype)
-
-
-@prroi_pool_op.register_kernel("cuda")
-def _prroi_pool_cuda(
-    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
-    kernels = _cuda_kernels(input, rois)
-    if kernels is None:
-        return reference.pool(input, rois, (pooled_height, pooled_width), spatial_scale)
-    output = kernels.prroi_pool(
-        _cuda_io(input), rois.float(), pooled_height, pooled_width, spatial_scale
-    )
-    return output.to(input.dtype)
-
-
-@prroi_pool_op.register_fake
-def _prroi_pool_fake(
-    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
-    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
-
-
-# --- prroi_pool_coord_grad ----------------------------------------------------------------------
 
 
 @torch.library.custom_op("iounet::prroi_pool_coord_grad", mutates_args=())
@@ -147,77 +108,8 @@ def prroi_pool_coord_grad_op(
 ) -> Tensor:
     """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5), column 0 zero."""
     check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    return reference.coord_grad(
-        input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
-    )
-
-
-@prroi_pool_coord_grad_op.register_kernel("cpu")
-def _coord_grad_cpu(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
     pooled = (pooled_height, pooled_width)
-    if not _native_ready():
-        return reference.coord_grad(input, rois, grad_output, pooled, spatial_scale)
-    dtype = _compute_dtype(input, rois)
-    grad = native.prroi_pool_coord_grad(
-        input.to(dtype),
-        rois.to(dtype),
-        grad_output.to(dtype),
-        pooled,
-        spatial_scale,
-        check_values=False,
-    )
-    return grad.to(rois.dtype)
-
-
-@prroi_pool_coord_grad_op.register_kernel("cuda")
-def _coord_grad_cuda(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    kernels = _cuda_kernels(input, rois)
-    if kernels is None:
-        return reference.coord_grad(
-            input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
-        )
-    features = _cuda_io(input)
-    grad = kernels.prroi_pool_coord_grad(
-        features,
-        rois.float(),
-        grad_output.to(features.dtype),
-        pooled_height,
-        pooled_width,
-        spatial_scale,
-    )
-    return grad.to(rois.dtype)
-
-
-@prroi_pool_coord_grad_op.register_fake
-def _coord_grad_fake(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    return rois.new_empty((rois.shape[0], 5))
-
-
-# --- prroi_pool_feature_grad --------------------------------------------------------------------
+    return reference.coord_grad(input, rois, grad_output, pooled, spatial_scale)
 
 
 @torch.library.custom_op("iounet::prroi_pool_feature_grad", mutates_args=())
@@ -234,73 +126,96 @@ def prroi_pool_feature_grad_op(
     `input` gives the shape, dtype and device of the result; its values are not read.
     """
     check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    return reference.feature_grad(
-        input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
-    )
-
-
-@prroi_pool_feature_grad_op.register_kernel("cpu")
-def _feature_grad_cpu(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
     pooled = (pooled_height, pooled_width)
-    if not _native_ready():
-        return reference.feature_grad(input, rois, grad_output, pooled, spatial_scale)
-    dtype = _compute_dtype(input, rois)
-    grad = native.prroi_pool_feature_grad(
-        input.to(dtype),
-        rois.to(dtype),
-        grad_output.to(dtype),
-        pooled,
-        spatial_scale,
-        check_values=False,
-    )
-    return grad.to(input.dtype)
+    return reference.feature_grad(input, rois, grad_output, pooled, spatial_scale)
 
 
-@prroi_pool_feature_grad_op.register_kernel("cuda")
-def _feature_grad_cuda(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    kernels = _cuda_kernels(input, rois)
-    if kernels is None:
-        return reference.feature_grad(
-            input, rois, grad_output, (pooled_height, pooled_width), spatial_scale
+# --- device kernels -----------------------------------------------------------------------------
+# Every op's arguments are (input, rois[, grad_output], pooled_height, pooled_width,
+# spatial_scale); its result takes the dtype of `input` (pool, feature gradient) or of `rois`
+# (coordinate gradient).
+
+_Kernel = Callable[..., Tensor]
+
+
+class _Implementation(NamedTuple):
+    reference: _Kernel  # reference.<fn>(*tensors, pooled, scale)
+    native: _Kernel  # native.<fn>(*tensors, pooled, scale, check_values=False)
+    cuda: str  # name in iounet.plugins.cuda: fn(*tensors, pooled_height, pooled_width, scale)
+    result_like: int  # index of the tensor whose dtype the result takes
+
+
+_IMPLEMENTATIONS = {
+    prroi_pool_op: _Implementation(reference.pool, native.prroi_pool, "prroi_pool", 0),
+    prroi_pool_coord_grad_op: _Implementation(
+        reference.coord_grad, native.prroi_pool_coord_grad, "prroi_pool_coord_grad", 1
+    ),
+    prroi_pool_feature_grad_op: _Implementation(
+        reference.feature_grad, native.prroi_pool_feature_grad, "prroi_pool_feature_grad", 0
+    ),
+}
+
+
+def _split(args: tuple) -> tuple[tuple[Tensor, ...], int, int, float]:
+    *tensors, pooled_height, pooled_width, spatial_scale = args
+    input, rois, *grad = tensors
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, *grad)
+    return tuple(tensors), pooled_height, pooled_width, spatial_scale
+
+
+def _cpu_kernel(implementation: _Implementation) -> _Kernel:
+    def kernel(*args: Tensor | int | float) -> Tensor:
+        tensors, height, width, scale = _split(args)
+        if not _native_ready():
+            return implementation.reference(*tensors, (height, width), scale)
+        dtype = _compute_dtype(*tensors[:2])
+        result = implementation.native(
+            *(t.to(dtype) for t in tensors), (height, width), scale, check_values=False
         )
-    features = _cuda_io(input)
-    grad = kernels.prroi_pool_feature_grad(
-        features,
-        rois.float(),
-        grad_output.to(features.dtype),
-        pooled_height,
-        pooled_width,
-        spatial_scale,
-    )
-    return grad.to(input.dtype)
+        return result.to(tensors[implementation.result_like].dtype)
+
+    return kernel
+
+
+def _cuda_kernel(implementation: _Implementation) -> _Kernel:
+    def kernel(*args: Tensor | int | float) -> Tensor:
+        tensors, height, width, scale = _split(args)
+        kernels = _cuda_kernels(*tensors[:2])
+        if kernels is None:
+            return implementation.reference(*tensors, (height, width), scale)
+        features = _cuda_io(tensors[0])
+        converted = (features, tensors[1].float(), *(g.to(features.dtype) for g in tensors[2:]))
+        result = getattr(kernels, implementation.cuda)(*converted, height, width, scale)
+        return result.to(tensors[implementation.result_like].dtype)
+
+    return kernel
+
+
+for _op, _implementation in _IMPLEMENTATIONS.items():
+    _op.register_kernel("cpu")(_cpu_kernel(_implementation))
+    _op.register_kernel("cuda")(_cuda_kernel(_implementation))
+
+
+# --- fake kernels (shapes for torch.compile, torch.export and the ONNX exporter) ----------------
+
+
+@prroi_pool_op.register_fake
+def _prroi_pool_fake(
+    input: Tensor, rois: Tensor, pooled_height: int, pooled_width: int, spatial_scale: float
+) -> Tensor:
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale)
+    return input.new_empty((rois.shape[0], input.shape[1], pooled_height, pooled_width))
+
+
+@prroi_pool_coord_grad_op.register_fake
+def _coord_grad_fake(*args: Tensor | int | float) -> Tensor:
+    (_, rois, _), *_ = _split(args)
+    return rois.new_empty((rois.shape[0], 5))
 
 
 @prroi_pool_feature_grad_op.register_fake
-def _feature_grad_fake(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+def _feature_grad_fake(*args: Tensor | int | float) -> Tensor:
+    (input, _, _), *_ = _split(args)
     return torch.empty_like(input)
 
 

@@ -170,3 +170,20 @@ def test_dynamo_export_emits_the_custom_nodes_and_onnxruntime_runs_them(tmp_path
     expected = Graph()(features, rois, grad)
     np.testing.assert_allclose(pooled, expected[0].numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(coord, expected[1].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_kernel_is_the_native_library_unless_reference_is_asked(monkeypatch):
+    from iounet.plugins import native, reference_kernels
+
+    if not native.available():
+        pytest.skip("the native CPU library is not built (make native)")
+    calls = []
+    call = native._call
+    monkeypatch.setattr(native, "_call", lambda *a, **k: calls.append(a[0]) or call(*a, **k))
+    features = make_features(torch.float32, "cpu")
+    rois = make_rois(BOX_CASES["inside"], torch.float32, "cpu")
+    OPS.prroi_pool(features, rois, 2, 2, 1.0)
+    assert calls == ["forward"]
+    with reference_kernels():
+        OPS.prroi_pool(features, rois, 2, 2, 1.0)
+    assert calls == ["forward"]
