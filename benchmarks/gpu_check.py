@@ -116,7 +116,7 @@ def _pytest_command() -> list[str]:
 
 
 def _no_skips() -> bool:
-    suites = ElementTree.parse(BUILD / "gpu-tests.xml").getroot().iter("testsuite")
+    suites = list(ElementTree.parse(BUILD / "gpu-tests.xml").getroot().iter("testsuite"))
     counts = {key: sum(int(s.get(key, 0)) for s in suites) for key in ("tests", "skipped")}
     print(f"gpu tests: {counts['tests']} run, {counts['skipped']} skipped")
     if counts["skipped"] or not counts["tests"]:
