@@ -106,7 +106,11 @@ def _report(
     scatter_plot(plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
 
     table = evaluate_detections_table(
-        OnnxRuntimeBackend(manifest), dataset, read_detections(detections)
+        OnnxRuntimeBackend(manifest),
+        dataset,
+        read_detections(detections),
+        refinement=manifest.refinement,
+        size_divisor=manifest.input.size_divisor,
     )
     pipeline_ap = coco_ap(dataset, json.loads((args.out / "detections.json").read_text()))
     plot_report(table, plots)

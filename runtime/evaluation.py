@@ -17,7 +17,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
-from iounet.runtime.backend import Backend, Features
+from iounet.runtime.backend import Backend, Features, RefineParams
 from iounet.runtime.detections import check_known, group_by_image, image_tensors
 from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.coco_dataset import CocoDetection
@@ -28,7 +28,7 @@ from iounet.training.evaluation import (
     save_figure,
     scatter_plot,
 )
-from iounet.training.images import pad_images
+from iounet.training.images import SIZE_DIVISOR, pad_images
 from iounet.training.model import IoUNet
 
 METHODS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
@@ -64,15 +64,20 @@ def evaluate_detections_table(
     detections: list[dict],
     *,
     refine_top: int = 100,
-    refine_iterations: int = 5,
+    refinement: RefineParams | None = None,
     curve_iterations: int = 10,
     nms_threshold: float = 0.5,
+    size_divisor: int = SIZE_DIVISOR,
 ) -> DetectionReport:
     """Post-process raw COCO-format detections four ways and score each with COCOeval.
 
     `backend` runs the backbone, the IoU head and the refinement objective (an ``IoUNet`` runs
-    as the PyTorch backend).
+    as the PyTorch backend). `refinement` and `size_divisor` are an exported model's settings
+    (its manifest's); the defaults are those export writes. The refinement curve runs
+    `curve_iterations` steps; the table's refinement row is the boxes after
+    ``refinement.iterations`` of them.
     """
+    refinement = refinement or RefineParams()
     if isinstance(backend, IoUNet):
         backend = TorchBackend(backend, next(backend.parameters()).device)
     by_image = group_by_image(detections)
@@ -90,7 +95,7 @@ def evaluate_detections_table(
         boxes, scores, labels = image_tensors(
             items, scale, (height, width), dataset.category_to_label
         )
-        maps = backend.features(pad_images([image]).to(device))
+        maps = backend.features(pad_images([image], size_divisor).to(device))
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1).to(device)
         ious = backend.iou(maps, rois, labels.to(device)).cpu()
 
@@ -119,12 +124,13 @@ def evaluate_detections_table(
             kept_boxes[:refine_top],
             kept_labels[:refine_top],
             (height, width),
+            refinement,
             curve_iterations,
         )
         for step, state in enumerate(trajectory):
             moved = torch.cat([state, kept_boxes[refine_top:]])
             emit(iteration_results[step], moved, kept_scores, kept_labels)
-        final = trajectory[min(refine_iterations, len(trajectory) - 1)]
+        final = trajectory[min(refinement.iterations, len(trajectory) - 1)]
         final = torch.cat([final, kept_boxes[refine_top:]])
         emit(results["iou_nms_refine"], final, kept_scores, kept_labels)
 
@@ -159,6 +165,7 @@ def _trajectory(
     boxes: Tensor,
     labels: Tensor,
     size: tuple[int, int],
+    refinement: RefineParams,
     iterations: int,
 ) -> list[Tensor]:
     """The boxes before and after each of `iterations` steps of Algorithm 2 (iterations + 1)."""
@@ -170,7 +177,15 @@ def _trajectory(
         rois = torch.cat([current.new_zeros((len(current), 1)), current], dim=1)
         return backend.iou_and_grad(maps, rois, labels)
 
-    refine_boxes(boxes.to(backend.device), recording, iterations=iterations, image_size=size)
+    refine_boxes(
+        boxes.to(backend.device),
+        recording,
+        step=refinement.step,
+        iterations=iterations,
+        early_stop=refinement.early_stop,
+        degrade_tolerance=refinement.degrade_tolerance,
+        image_size=size,
+    )
     return trajectory
 
 
