@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from iounet._version import __version__
 from iounet.plugins.libraries import BUILD_HINT, library_file
 
 LIBRARY_NAME = "libiounet_prroi_cuda.so"
@@ -98,11 +99,16 @@ def load_library() -> ctypes.CDLL:
             function.argtypes = argtypes
     except (OSError, AttributeError) as error:
         raise CudaLibraryError(f"cannot load {path}: {error}") from error
+    built = library.iounet_prroi_cuda_version().decode()
+    if built != __version__:
+        raise CudaLibraryError(
+            f"{path} was built from iounet {built}, this is iounet {__version__}: {BUILD_HINT}"
+        )
     return library
 
 
 def library_version() -> str:
-    """Version of the loaded CUDA library (the iounet version it was built from)."""
+    """Version of the loaded CUDA library (the package's: load_library checks it)."""
     return load_library().iounet_prroi_cuda_version().decode()
 
 

@@ -5,8 +5,9 @@ The functions take and return CPU tensors of float32 or float64 with the argumen
 folder (:mod:`iounet.plugins.libraries`), or from $IOUNET_PRROI_CPU_LIB when set. With
 ``check_values=False`` the roi values are not checked and the kernels' defined result applies
 instead: a row with a batch index outside [0, N) or a NaN/Inf value pools to zeros and has zero
-gradient. `layout` ("auto", "planar" or "channels_last") only changes how the features are read,
-and so the speed.
+gradient. The functions have no autograd: with ``check_values`` (the default) they refuse
+tensors that require grad while grad mode is on, instead of dropping the gradient. `layout`
+("auto", "planar" or "channels_last") only changes how the features are read, and so the speed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from iounet._version import __version__
 from iounet.plugins.arguments import (
     check_grad_output,
     check_input,
@@ -71,11 +73,16 @@ def load_library() -> ctypes.CDLL:
     except OSError as error:
         raise NativeLibraryError(f"cannot load {path}: {error}") from error
     library.iounet_prroi_version.restype = ctypes.c_char_p
+    built = library.iounet_prroi_version().decode()
+    if built != __version__:
+        raise NativeLibraryError(
+            f"{path} was built from iounet {built}, this is iounet {__version__}: {BUILD_HINT}"
+        )
     return library
 
 
 def library_version() -> str:
-    """Version string of the loaded CPU library."""
+    """Version string of the loaded CPU library (the package's: load_library checks it)."""
     return load_library().iounet_prroi_version().decode()
 
 
@@ -145,6 +152,11 @@ def _prepare(
     layout: str,
 ) -> tuple[Tensor, Tensor, _Shape]:
     check_input(input)
+    if check_values and torch.is_grad_enabled() and _requires_grad(input, rois):
+        raise ValueError(
+            "the native kernels have no autograd and would drop the gradient: use "
+            "iounet.plugins.prroi_pool (or torch.no_grad(), or detach the tensors)"
+        )
     if input.device.type != "cpu":
         raise ValueError(f"input must be on the CPU for the native kernels, got {input.device}")
     if input.dtype not in _SUFFIX:
@@ -164,6 +176,13 @@ def _prepare(
         batch, channels, height, width, table.shape[0], pooled_h, pooled_w, scale, LAYOUTS[layout]
     )
     return features, table, shape
+
+
+def _requires_grad(input: Tensor, rois: Tensor | Sequence[Tensor]) -> bool:
+    tables = [rois] if isinstance(rois, Tensor) else list(rois)
+    return input.requires_grad or any(
+        isinstance(table, Tensor) and table.requires_grad for table in tables
+    )
 
 
 def _grad_output(grad_output: Tensor, features: Tensor, shape: _Shape) -> Tensor:

@@ -192,3 +192,20 @@ def test_native_library_version_matches_the_package():
     import iounet
 
     assert native.library_version() == iounet.__version__
+
+
+def test_a_library_from_another_version_is_refused(monkeypatch):
+    import iounet
+
+    library = native.load_library()  # the real one loads: its version is the package's
+    assert native.library_version() == iounet.__version__
+    native.load_library.cache_clear()
+    monkeypatch.setattr(native, "__version__", "9.9.9")
+    try:
+        with pytest.raises(
+            native.NativeLibraryError, match=r"built from iounet .*, this is iounet 9\.9\.9"
+        ):
+            native.load_library()
+    finally:
+        native.load_library.cache_clear()
+    assert library is not None
