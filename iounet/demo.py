@@ -136,7 +136,7 @@ def _report(
         f"{table.pearson['classification']:.3f} ({table.pearson['boxes']} boxes)"
     )
     print(
-        f"\nlatency, one {size['min_size']}x{size['min_size']} image with {BENCH_DETECTIONS} raw "
+        f"\nlatency, one {size.min_size}x{size.min_size} image with {BENCH_DETECTIONS} raw "
         f"detections, top-100 refined ({torch.get_num_threads()} threads):"
     )
     print(format_latency_table(latency, "torch"))
