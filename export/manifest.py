@@ -24,6 +24,12 @@ FORMAT = "iounet-model"
 FORMAT_VERSION = 2
 #: The graphs of an exported model (see iounet.export.graphs), by role.
 GRAPH_ROLES = ("backbone", "head", "iou_grad", "refine_step")
+#: The outputs each box graph has, in order (the backbone's are the maps).
+ROLE_OUTPUTS = {
+    "head": ("iou",),
+    "iou_grad": ("iou", "grad"),
+    "refine_step": ("rois_next", "iou_next", "grad_next", "active_next"),
+}
 PRECISIONS = ("fp32", "fp16")
 
 JSONObject = dict[str, Any]
@@ -340,6 +346,12 @@ def _parse_graphs(read: _Reader, graphs: JSONObject) -> dict[str, dict[str, Grap
                 inputs=_tensors(read, read.get(entry, "inputs", list, where), where),
                 outputs=_tensors(read, read.get(entry, "outputs", list, where), where),
             )
+            outputs = tuple(spec.name for spec in parsed[precision][role].outputs)
+            if role in ROLE_OUTPUTS and outputs and outputs != ROLE_OUTPUTS[role]:
+                raise read.fail(
+                    f"{where} has outputs {list(outputs)}, but a {role} graph has "
+                    f"{list(ROLE_OUTPUTS[role])} (graphs swapped?)"
+                )
     return parsed
 
 

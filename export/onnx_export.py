@@ -1,7 +1,8 @@
 """Checkpoint -> a model folder: the four ONNX graphs and ``manifest.json``.
 
 The folder appears complete or not at all: everything is written into a temporary folder beside
-it and renamed into place; an existing folder is replaced only with ``force``.
+it and renamed into place; an existing folder is replaced only with ``force`` and only when it is
+an empty folder or a model folder (it holds our manifest; ``iounet.files.check_output``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from iounet.export.manifest import (
     sha256_file,
 )
 from iounet.export.refine_step import RefineParams
+from iounet.files import check_output
 from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION, TRANSLATION_TABLE
 from iounet.training.checkpoint import load_model
 from iounet.training.config import TrainConfig
@@ -70,8 +72,7 @@ def export_model(
     1..num_classes in the checkpoint's class order.
     """
     out = Path(out)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists: pass --force to replace it")
+    check_output(out, force, _is_model_folder, "model folder", folder=True)
     model, state = load_model(checkpoint)
     categories = _categories(state["class_names"], annotations)
     config = TrainConfig.from_dict(state["config"])
@@ -124,6 +125,12 @@ def _categories(
     if names != list(class_names):
         raise ValueError(f"{path} has classes {names}, the checkpoint {list(class_names)}")
     return tuple(Category(cid, name) for cid, name in ids)
+
+
+def _is_model_folder(folder: Path) -> bool:
+    """Whether `folder` holds a manifest this package wrote (what ``--force`` may replace)."""
+    load_manifest(folder, verify=False)
+    return True
 
 
 @contextlib.contextmanager

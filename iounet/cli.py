@@ -41,10 +41,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (OSError, ValueError) as error:
-        # Bad input (missing or existing files, malformed data, invalid settings): one line.
+    except (OSError, ValueError, ImportError) as error:
+        # Bad input (missing or existing files, malformed data, invalid settings, an optional
+        # package that is not installed): one line.
         print(f"iounet {args.command}: {error}", file=sys.stderr)
         return 2
+    except MemoryError as error:
+        print(f"iounet {args.command}: out of memory {error}".rstrip(), file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

@@ -13,13 +13,18 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def check_input(input: Tensor) -> None:
-    """Raise if `input` is not a floating (N, C, H, W) tensor."""
+    """Raise if `input` is not a floating (N, C, H, W) tensor with no dimension of size 0."""
     if not isinstance(input, Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
     if input.dim() != 4:
         raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
     if input.dtype not in FLOAT_DTYPES:
         raise TypeError(f"input must be a floating tensor, got dtype {input.dtype}")
+    if 0 in input.shape:
+        raise ValueError(
+            f"input must have at least one image, channel, row and column, got shape "
+            f"{tuple(input.shape)}"
+        )
 
 
 def output_size_pair(output_size: int | Sequence[int]) -> tuple[int, int]:

@@ -7,16 +7,21 @@ the graph's nodes are moved there before the session is created; the ops are reg
 per process (registering twice crashes ONNX Runtime), and any number of sessions may use them.
 Tensors are float32.
 
-An exception cannot cross from a Python op into ONNX Runtime (the process would abort), so the
-ops have defined results instead: a roi row with a batch index outside [0, N) or a NaN/Inf value
-pools to zeros with zero gradient (as in the TensorRT plugin), and inputs of the wrong rank or
-shape give an all-NaN output and a message on the ``iounet.plugins.onnxruntime`` logger.
+An exception cannot cross from a Python op into ONNX Runtime (onnxruntime-extensions turns it
+into std::terminate: the process would abort), so the ops have defined results instead: a roi
+row with a batch index outside [0, N) or a NaN/Inf value pools to zeros with zero gradient (as in
+the TensorRT plugin); inputs of the wrong rank or shape give an all-NaN output; an output larger
+than ``MAX_OUTPUT_BYTES``, or one that cannot be allocated, is not computed and the op returns an
+empty (0,) array instead (the nodes after it then fail with an ONNX Runtime error that Python
+catches). Each of these logs a message on the ``iounet.plugins.onnxruntime`` logger, and no
+exception of any kind leaves an op.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +39,9 @@ if TYPE_CHECKING:
 _LOG = logging.getLogger(__name__)
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 #: (domain, op_type) pairs that the session runs with the native kernels.
+#: The largest output (bytes) an op computes; a larger request gets the empty result without
+#: allocating. The runtime's backends feed chunks far below it (``iounet.runtime.chunks``).
+MAX_OUTPUT_BYTES = 2**32
 CUSTOM_OPS = {
     ("iounet", "PrRoIPool"),
     ("iounet", "PrRoIPoolCoordGrad"),
@@ -177,21 +185,48 @@ def _return_arrays() -> None:
         return result.flatten().tolist()
 
     def invoke(op_id: int, feed: Any, attributes: dict) -> tuple:
-        op = registry[op_id]
-        result = op.body(*feed, **op.cast_attributes(attributes))
-        outputs = result if isinstance(result, tuple) else (result,)
-        return (op_id, *(item for r in outputs for item in (r.shape, flat(r))))
+        try:
+            op = registry[op_id]
+            result = op.body(*feed, **op.cast_attributes(attributes))
+            outputs = result if isinstance(result, tuple) else (result,)
+            return (op_id, *(item for r in outputs for item in (r.shape, flat(r))))
+        except BaseException as error:
+            return _empty_result(op_id, error)
 
     install(invoke)
 
 
-def _defined(run: Callable[[], np.ndarray], op: str, fallback: tuple[int, ...]) -> np.ndarray:
-    """run(), or an all-NaN array of shape `fallback` after logging why it failed."""
+def _empty_result(op_id: int, error: BaseException) -> tuple:
+    """The result of an op that failed outside its body: one empty float output, logged."""
+    try:
+        _LOG.error("custom op %s failed (%s); returning an empty output", op_id, error)
+    except BaseException:
+        pass
+    return (op_id, (0,), [])
+
+
+def _defined(run: Callable[[], np.ndarray], op: str, shape: tuple[int, ...]) -> np.ndarray:
+    """run(), or a defined result after logging why not: an all-NaN array of the output `shape`
+    when run() raised, an empty (0,) array when that shape exceeds ``MAX_OUTPUT_BYTES`` (checked
+    before anything is allocated) or the NaN array cannot be allocated either."""
+    size = math.prod(shape) * np.dtype(np.float32).itemsize
+    if size > MAX_OUTPUT_BYTES:
+        _LOG.error(
+            "%s: output %s needs %d bytes, over the limit of %d; returning an empty output",
+            op,
+            shape,
+            size,
+            MAX_OUTPUT_BYTES,
+        )
+        return np.zeros(0, dtype=np.float32)
     try:
         return run()
-    except Exception as error:
-        _LOG.error("%s: %s; returning NaN of shape %s", op, error, fallback)
-        return np.full(fallback, np.nan, dtype=np.float32)
+    except BaseException as error:
+        try:
+            _LOG.error("%s: %s; returning NaN of shape %s", op, error, shape)
+            return np.full(shape, np.nan, dtype=np.float32)
+        except BaseException:
+            return np.zeros(0, dtype=np.float32)
 
 
 def _rows(rois: np.ndarray) -> int:

@@ -1,16 +1,34 @@
-"""Inference backends, IoU-guided NMS, box refinement, pipeline and benchmark."""
+"""Inference backends, IoU-guided NMS, box refinement, pipeline and benchmark.
 
-from iounet.runtime.pipeline import Detections, Pipeline, PipelineConfig
-from iounet.runtime.refinement import IoUAndGrad, refine_boxes
-from iounet.runtime.suppression import iou_nms, nms, soft_nms
+The names below are imported on first use (PEP 562), so that importing a submodule such as
+``iounet.runtime.commands`` (the command line) loads no torch.
+"""
 
-__all__ = [
-    "Detections",
-    "IoUAndGrad",
-    "Pipeline",
-    "PipelineConfig",
-    "iou_nms",
-    "nms",
-    "refine_boxes",
-    "soft_nms",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Detections": "iounet.runtime.pipeline",
+    "Pipeline": "iounet.runtime.pipeline",
+    "PipelineConfig": "iounet.runtime.pipeline",
+    "IoUAndGrad": "iounet.runtime.refinement",
+    "refine_boxes": "iounet.runtime.refinement",
+    "iou_nms": "iounet.runtime.suppression",
+    "nms": "iounet.runtime.suppression",
+    "soft_nms": "iounet.runtime.suppression",
+    "TrackerRefiner": "iounet.runtime.tracker_refiner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'iounet.runtime' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -31,6 +31,8 @@ class Backend(abc.ABC):
     #: Short name used on the command line and in benchmark tables ("torch", "ort", "trt").
     name: str = ""
     device: torch.device = torch.device("cpu")
+    #: The most boxes one call may take (a TensorRT engine's profile), or None for no limit.
+    max_boxes: int | None = None
 
     @abc.abstractmethod
     def features(self, image: Tensor) -> Features:

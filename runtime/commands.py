@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from iounet.runtime.pipeline import BACKENDS
+from iounet.runtime.names import BACKENDS
 
 if TYPE_CHECKING:
     from iounet.export.manifest import Manifest
@@ -44,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime")
     bench.add_argument("--json", type=Path, help="write backend -> stage -> p50/p90/p99 here")
+    bench.add_argument("--force", action="store_true", help="replace an existing --json")
     bench.set_defaults(run=_bench)
 
     evaluate = subparsers.add_parser("eval", help="evaluate the IoU predictor")
@@ -53,6 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--detections", type=Path, help="COCO results of a detector")
     evaluate.add_argument("--json", type=Path, help="write the figures here")
     evaluate.add_argument("--plots", type=Path, help="folder for scatter plots")
+    evaluate.add_argument(
+        "--force", action="store_true", help="replace an existing --json / --plots"
+    )
     evaluate.add_argument("--max-images", type=int)
     evaluate.add_argument("--device", default="cpu")
     evaluate.set_defaults(run=_eval)
@@ -61,10 +64,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     parser.add_argument("--backend", default=default, choices=BACKENDS)
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint (torch backends only)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16"), help="trt only")
+    parser.add_argument(
+        "--precision", default="fp32", choices=("fp32", "fp16"), help="trt only (engines)"
+    )
 
 
 def _backend_options(name: str, args: argparse.Namespace) -> dict:
+    if getattr(args, "precision", "fp32") != "fp32" and name != "trt":
+        raise ValueError(f"--precision {args.precision} is for the trt backend only, not {name}")
     if name.startswith("torch"):
         return {"checkpoint": args.checkpoint}
     if name == "trt":
@@ -76,20 +83,21 @@ def _backend_options(name: str, args: argparse.Namespace) -> dict:
 
 def _infer(args: argparse.Namespace) -> int:
     from iounet.export.manifest import load_manifest
-    from iounet.files import atomic_path
+    from iounet.files import check_output, is_coco_results, write_json
     from iounet.runtime.detections import read_detections
+
+    _backend_options(args.backend, args)
+    check_output(args.out, args.force, is_coco_results, "COCO results file")
+    detections = read_detections(args.detections)
+    manifest = load_manifest(args.model)
+
     from iounet.runtime.inference import infer_dataset
     from iounet.runtime.pipeline import Pipeline, open_backend
 
-    if args.out.exists() and not args.force:
-        raise FileExistsError(f"{args.out} exists: pass --force to replace it")
-    manifest = load_manifest(args.model)
-    detections = read_detections(args.detections)
     backend = open_backend(manifest, args.backend, **_backend_options(args.backend, args))
     pipeline = Pipeline.for_manifest(manifest, backend)
     results = infer_dataset(pipeline, manifest, args.images, args.annotations, detections)
-    with atomic_path(args.out) as temporary:
-        temporary.write_text(json.dumps(results))
+    write_json(args.out, results)
     print(
         f"{len(detections)} raw detections -> {len(results)} after IoU-NMS and refinement "
         f"({args.backend}) -> {args.out}"
@@ -98,10 +106,7 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from iounet.export.manifest import load_manifest
-    from iounet.files import atomic_path
-    from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
-    from iounet.runtime.pipeline import Pipeline, open_backend
+    from iounet.files import check_output, is_bench_table, write_json
 
     names = [name.strip() for name in args.backends.split(",") if name.strip()]
     unknown = [name for name in names if name not in BACKENDS]
@@ -109,6 +114,13 @@ def _bench(args: argparse.Namespace) -> int:
         raise ValueError(f"--backends: unknown {unknown or names}; choose from {BACKENDS}")
     if any(name.startswith("torch") for name in names) and args.checkpoint is None:
         raise ValueError("--checkpoint is needed for the torch backends (the exported checkpoint)")
+    if args.json:
+        check_output(args.json, args.force, is_bench_table, "bench table")
+
+    from iounet.export.manifest import load_manifest
+    from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
+    from iounet.runtime.pipeline import Pipeline, open_backend
+
     manifest = load_manifest(args.model)
     height, width = _image_size(args.image_size, manifest)
     inputs = synthetic_inputs(height, width, args.detections, manifest.num_classes)
@@ -125,8 +137,7 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print(format_latency_table(results, baseline))
     if args.json:
-        with atomic_path(args.json) as temporary:
-            temporary.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results, indent=2)
     return 0
 
 
@@ -143,7 +154,18 @@ def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from iounet.files import atomic_path
+    from iounet.files import check_output, holds_only, is_json_object_with, write_json
+
+    if args.json:
+        check_output(args.json, args.force, is_json_object_with("pearson"), "eval report")
+    if args.plots:
+        check_output(args.plots, args.force, holds_only(".png"), "plots folder", folder=True)
+    detections = None
+    if args.detections:
+        from iounet.runtime.detections import read_detections
+
+        detections = read_detections(args.detections)
+
     from iounet.training.checkpoint import load_model
     from iounet.training.coco_dataset import dataset_for_checkpoint
     from iounet.training.evaluation import evaluate_jittered, scatter_plot
@@ -161,15 +183,13 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if args.plots:
         scatter_plot(args.plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
-    if args.detections:
-        from iounet.runtime.detections import read_detections
+    if detections is not None:
         from iounet.runtime.evaluation import (
             evaluate_detections_table,
             format_table,
             plot_report,
         )
 
-        detections = read_detections(args.detections)
         table = evaluate_detections_table(model, dataset, detections)
         report = {**table.as_json(), "pearson": {**report["pearson"], **table.pearson}}
         print(format_table(table))
@@ -181,6 +201,5 @@ def _eval(args: argparse.Namespace) -> int:
         if args.plots:
             plot_report(table, args.plots)
     if args.json:
-        with atomic_path(args.json) as temporary:
-            temporary.write_text(json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report, indent=2)
     return 0

@@ -25,6 +25,8 @@ def read_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
         entries = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not JSON: {error}") from error
+    except RecursionError as error:
+        raise ValueError(f"{path} nests its JSON too deeply to be detections") from error
     if not isinstance(entries, list):
         raise ValueError(
             f"{path} must hold a JSON list of detections, got {type(entries).__name__}"
@@ -64,15 +66,21 @@ def image_tensors(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One image's detections as boxes (N, 4) ``x0, y0, x1, y1`` in the image resized by
     `scale` and clipped to its `size` (height, width), scores (N,) and class labels (N,)."""
-    height, width = size
     boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
-    boxes = boxes * scale
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    boxes = scale_boxes(boxes, scale, size)
     scores = torch.tensor([float(d["score"]) for d in items])
     labels = torch.tensor([category_to_label[int(d["category_id"])] for d in items])
     return boxes, scores, labels
+
+
+def scale_boxes(boxes: Tensor, scale: float, size: tuple[int, int]) -> Tensor:
+    """Boxes (N, 4) times `scale`, clipped to an image of `size` (height, width)."""
+    height, width = size
+    boxes = boxes * scale
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+    return boxes
 
 
 def _problem(entry: Any) -> str | None:

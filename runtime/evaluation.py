@@ -18,6 +18,13 @@ from torchvision.ops import box_iou
 
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
 from iounet.runtime.backend import Backend, Features, RefineParams
+from iounet.runtime.budget import (
+    DEFAULT_MEMORY_BUDGET,
+    PAPER_BOX,
+    boxes_per_call,
+    bytes_per_box,
+    chunks,
+)
 from iounet.runtime.detections import check_known, group_by_image, image_tensors
 from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.coco_dataset import CocoDetection
@@ -68,6 +75,7 @@ def evaluate_detections_table(
     curve_iterations: int = 10,
     nms_threshold: float = 0.5,
     size_divisor: int = SIZE_DIVISOR,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> DetectionReport:
     """Post-process raw COCO-format detections four ways and score each with COCOeval.
 
@@ -75,9 +83,15 @@ def evaluate_detections_table(
     as the PyTorch backend). `refinement` and `size_divisor` are an exported model's settings
     (its manifest's); the defaults are those export writes. The refinement curve runs
     `curve_iterations` steps; the table's refinement row is the boxes after
-    ``refinement.iterations`` of them.
+    ``refinement.iterations`` of them. The IoU head takes at most the boxes that fit
+    `memory_budget` per call (``iounet.runtime.budget``, sized for the paper's model).
     """
     refinement = refinement or RefineParams()
+    per_call = boxes_per_call(memory_budget, bytes_per_box(*PAPER_BOX))
+
+    def parts(count: int) -> list[slice]:
+        return list(chunks(count, per_call))
+
     if isinstance(backend, IoUNet):
         backend = TorchBackend(backend, next(backend.parameters()).device)
     by_image = group_by_image(detections)
@@ -97,7 +111,10 @@ def evaluate_detections_table(
         )
         maps = backend.features(pad_images([image], size_divisor).to(device))
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1).to(device)
-        ious = backend.iou(maps, rois, labels.to(device)).cpu()
+        labels_on = labels.to(device)
+        ious = torch.zeros(len(rois))  # filled per call (see Pipeline._run)
+        for part in parts(len(rois)):
+            ious[part] = backend.iou(maps, rois[part], labels_on[part]).cpu()
 
         true = iou_with_same_class(boxes, labels, target["boxes"], target["labels"])
         matched = true > 0.5

@@ -41,7 +41,7 @@ def infer_dataset(
         boxes, scores, labels = image_tensors(
             items, scale, tuple(image.shape[1:]), dataset.category_to_label
         )
-        found = pipeline(image, boxes, scores, labels)
+        found = pipeline.run_resized(image, boxes, scores, labels)
         final = (found.boxes / scale).tolist()
         for box, score, label, iou in zip(
             final, found.scores.tolist(), found.labels.tolist(), found.ious.tolist(), strict=True

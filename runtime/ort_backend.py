@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from iounet.export.manifest import GRAPH_ROLES, Manifest, load_manifest
+from iounet.export.manifest import GRAPH_ROLES, ROLE_OUTPUTS, Manifest, load_manifest
 from iounet.runtime.backend import Backend, Features, RefineParams
 
 if TYPE_CHECKING:
@@ -59,6 +59,16 @@ class OnnxRuntimeBackend(Backend):
             )
             for role in GRAPH_ROLES
         }
+        for role, session in self.sessions.items():
+            names = [output.name for output in session.get_outputs()]
+            expected = [spec.name for spec in manifest.graph(role).outputs] or list(
+                ROLE_OUTPUTS.get(role, manifest.map_names)
+            )
+            if names != expected:
+                raise ValueError(
+                    f"{manifest.graph_path(role)} has outputs {names}, but the manifest's "
+                    f"{role} graph has {expected} (graphs swapped?)"
+                )
 
     def features(self, image: Tensor) -> Features:
         _check_image(image)
@@ -69,7 +79,7 @@ class OnnxRuntimeBackend(Backend):
         feeds = self._box_feeds(features, rois, labels)
         if feeds is None:
             return torch.zeros(0, device=self.device)
-        (iou,) = self.sessions["head"].run(None, feeds)
+        (iou,) = self._run("head", feeds, len(rois))
         return self._tensor(iou)
 
     def iou_and_grad(
@@ -78,7 +88,7 @@ class OnnxRuntimeBackend(Backend):
         feeds = self._box_feeds(features, rois, labels)
         if feeds is None:
             return torch.zeros(0, device=self.device), torch.zeros((0, 4), device=self.device)
-        iou, grad = self.sessions["iou_grad"].run(None, feeds)
+        iou, grad = self._run("iou_grad", feeds, len(rois))
         return self._tensor(iou), self._tensor(grad)
 
     def refine(
@@ -99,7 +109,7 @@ class OnnxRuntimeBackend(Backend):
         feeds = self._box_feeds(features, rois.float(), labels)
         if feeds is None:
             return boxes.to(self.device, torch.float32), torch.zeros(0, device=self.device)
-        iou, grad = self.sessions["iou_grad"].run(None, feeds)
+        iou, grad = self._run("iou_grad", feeds, len(rois))
         if on_step is not None:
             on_step(0)
         height, width = (float(v) for v in image_size)
@@ -112,11 +122,10 @@ class OnnxRuntimeBackend(Backend):
             early_stop=np.array([params.early_stop], dtype=np.float32),
             degrade_tolerance=np.array([params.degrade_tolerance], dtype=np.float32),
         )
-        step = self.sessions["refine_step"]
         for index in range(params.iterations):
             if not feeds["active"].any():
                 break
-            out = step.run(None, feeds)
+            out = self._run("refine_step", feeds, len(rois))
             feeds.update(rois=out[0], iou=out[1], grad=out[2], active=out[3])
             if on_step is not None:
                 on_step(index + 1)
@@ -133,6 +142,7 @@ class OnnxRuntimeBackend(Backend):
             )
         if rois.shape[0] == 0:
             return None
+        self._check_box_count(rois.shape[0])
         if labels.numel() and (
             int(labels.min()) < 0 or int(labels.max()) >= self.manifest.num_classes
         ):
@@ -144,6 +154,35 @@ class OnnxRuntimeBackend(Backend):
         feeds["rois"] = _array(rois)
         feeds["labels"] = labels.detach().cpu().numpy().astype(np.int64)
         return feeds
+
+    def _check_box_count(self, count: int) -> None:
+        """ValueError when one node's pooled output for `count` boxes would exceed what the
+        PrRoIPool ops compute (``MAX_OUTPUT_BYTES``): the op would refuse it."""
+        from iounet.plugins.onnxruntime import MAX_OUTPUT_BYTES
+
+        manifest = self.manifest
+        pooled = count * manifest.fpn_channels * manifest.pool_size**2 * 4
+        if pooled > MAX_OUTPUT_BYTES:
+            raise ValueError(
+                f"{count} boxes in one call need {pooled} bytes per PrRoIPool node, over the "
+                f"ops' limit of {MAX_OUTPUT_BYTES}: split them (Pipeline does, by its "
+                "memory_budget)"
+            )
+
+    def _run(self, role: str, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+        """The session's outputs, each checked to have `rows` rows (a PrRoIPool op that could
+        not compute its output returns an empty one; that is an error here, not a result)."""
+        try:
+            outputs = self.sessions[role].run(None, feeds)
+        except Exception as error:  # ONNX Runtime raises its own exception types
+            raise RuntimeError(f"ONNX Runtime failed on the {role} graph: {error}") from error
+        for output in outputs:
+            if output.ndim == 0 or output.shape[0] != rows:
+                raise RuntimeError(
+                    f"the {role} graph gave an output of shape {output.shape} for {rows} boxes "
+                    "(a PrRoIPool node could not compute its output: see the log)"
+                )
+        return outputs
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.device)

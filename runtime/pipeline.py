@@ -12,10 +12,17 @@ from torch import Tensor
 
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.runtime.backend import Backend, RefineParams
+from iounet.runtime.budget import (
+    DEFAULT_MEMORY_BUDGET,
+    PAPER_BOX,
+    boxes_per_call,
+    bytes_per_box,
+    chunks,
+)
+from iounet.runtime.detections import scale_boxes
+from iounet.runtime.names import BACKENDS
 from iounet.runtime.suppression import iou_nms
-from iounet.training.images import pad_images
-
-BACKENDS = ("ort", "ort-cuda", "trt", "torch", "torch-native", "torch-cuda")
+from iounet.training.images import pad_images, resize_image
 
 #: Called with (stage name, seconds) after each stage when timing is asked for.
 StageTimer = Callable[[str, float], None]
@@ -23,11 +30,13 @@ StageTimer = Callable[[str, float], None]
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Post-processing settings: IoU-NMS threshold, boxes refined, Algorithm 2's settings."""
+    """Post-processing settings: IoU-NMS threshold, boxes refined, Algorithm 2's settings, and
+    the memory budget (bytes) of one backend call, which sets how many boxes a call takes."""
 
     nms_threshold: float = 0.5
     refine_top: int = 100
     refine: RefineParams = field(default_factory=RefineParams)
+    memory_budget: int = DEFAULT_MEMORY_BUDGET
 
 
 @dataclass
@@ -43,10 +52,18 @@ class Detections:
 class Pipeline:
     """IoU-Net post-processing of raw detections with one backend.
 
-    ``pipeline(image, boxes, scores, labels)`` takes one RGB image (3, H, W) float in [0, 1] and
-    its raw detections (N, 4), (N,), (N,) in that image's pixels; it returns the detections kept
-    by IoU-guided NMS (scores as IoU-NMS leaves them, most confident first), the ``refine_top``
-    most confident of them refined by Algorithm 2.
+    ``pipeline(image, boxes, scores, labels)`` takes one RGB image (3, H, W) in its own pixels
+    (float in [0, 1], or uint8, which is divided by 255) and its raw detections (N, 4) boxes,
+    (N,) scores and (N,) integer class labels in that image's pixels. A pipeline on a model
+    (``from_model``, ``for_manifest``) resizes the image as ``iounet infer`` does (the
+    manifest's min_size / max_size, ``iounet.training.images``) and scales the boxes with it,
+    clipped to the image. It returns the detections kept by IoU-guided NMS (scores as IoU-NMS
+    leaves them, most confident first), the ``refine_top`` most confident of them refined by
+    Algorithm 2, in the given image's pixels.
+
+    The IoU head and the refinement run on at most ``boxes_per_call`` boxes per backend call
+    (from ``config.memory_budget``, and at most the backend's ``max_boxes``), so memory does
+    not grow with the number of boxes.
     """
 
     def __init__(
@@ -55,11 +72,21 @@ class Pipeline:
         num_classes: int,
         config: PipelineConfig | None = None,
         size_divisor: int = 32,
+        input_size: tuple[int, int] | None = None,
+        box_bytes: int | None = None,
     ) -> None:
+        """`input_size` (min_size, max_size) resizes images (None: taken as they are);
+        `box_bytes` is the memory one box takes in a backend call (default: the paper's
+        model's, ``iounet.runtime.budget``)."""
         self.backend = backend
         self.num_classes = num_classes
         self.config = config or PipelineConfig()
         self.size_divisor = size_divisor
+        self.input_size = input_size
+        self.box_bytes = box_bytes or bytes_per_box(*PAPER_BOX)
+        self.boxes_per_call = boxes_per_call(self.config.memory_budget, self.box_bytes)
+        if getattr(backend, "max_boxes", None):  # a TensorRT engine's profile
+            self.boxes_per_call = min(self.boxes_per_call, int(backend.max_boxes))
 
     @classmethod
     def from_model(
@@ -84,7 +111,15 @@ class Pipeline:
     ) -> Pipeline:
         """A pipeline with `backend` on the model `manifest` describes (its settings)."""
         config = config or PipelineConfig(refine=manifest.refinement)
-        return cls(backend, manifest.num_classes, config, manifest.input.size_divisor)
+        box = bytes_per_box(manifest.fpn_channels, manifest.pool_size, len(manifest.strides))
+        return cls(
+            backend,
+            manifest.num_classes,
+            config,
+            manifest.input.size_divisor,
+            (manifest.input.min_size, manifest.input.max_size),
+            box,
+        )
 
     def __call__(
         self,
@@ -94,7 +129,40 @@ class Pipeline:
         labels: Tensor,
         timer: StageTimer | None = None,
     ) -> Detections:
+        """The final detections of `image` in its own pixels (see the class docstring)."""
+        image = _float_image(image)
         _check_inputs(image, boxes, scores, labels, self.num_classes)
+        if self.input_size is None:
+            return self._run(image, boxes, scores, labels, timer)
+        resized, scale = resize_image(image, *self.input_size)
+        boxes = scale_boxes(boxes.to(torch.float32), scale, tuple(resized.shape[1:]))
+        found = self._run(resized, boxes, scores, labels, timer)
+        if scale != 1.0:
+            found.boxes = found.boxes / scale
+        return found
+
+    def run_resized(
+        self,
+        image: Tensor,
+        boxes: Tensor,
+        scores: Tensor,
+        labels: Tensor,
+        timer: StageTimer | None = None,
+    ) -> Detections:
+        """The pipeline on an image already at the model's input size, boxes in its pixels
+        (what ``__call__`` does after resizing; ``iounet infer`` and ``iounet bench`` call it
+        with the datasets' resized images)."""
+        _check_inputs(image, boxes, scores, labels, self.num_classes)
+        return self._run(image, boxes, scores, labels, timer)
+
+    def _run(
+        self,
+        image: Tensor,
+        boxes: Tensor,
+        scores: Tensor,
+        labels: Tensor,
+        timer: StageTimer | None,
+    ) -> Detections:
         backend, config = self.backend, self.config
         device = backend.device
         clock = _Clock(backend, timer)
@@ -105,7 +173,12 @@ class Pipeline:
         scores = scores.to(device, torch.float32)
         labels = labels.to(device, torch.int64)
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
-        ious = backend.iou(features, rois, labels) if len(boxes) else boxes.new_zeros(0)
+        per_call = self.boxes_per_call
+        # Results go into tensors allocated before the calls: results kept between calls would
+        # pin the heap above each call's large temporaries and memory would grow with the calls.
+        ious = boxes.new_zeros(len(boxes))
+        for part in chunks(len(rois), per_call):
+            ious[part] = backend.iou(features, rois[part], labels[part])
         clock("iou_head")
         keep, kept_scores = iou_nms(boxes, scores, ious, labels, config.nms_threshold)
         order = torch.argsort(kept_scores, descending=True, stable=True)
@@ -115,16 +188,18 @@ class Pipeline:
         refine_start = clock.last
         top = min(config.refine_top, len(keep))
         if top:
-            refined, refined_iou = backend.refine(
-                features,
-                boxes[:top],
-                labels[:top],
-                (int(height), int(width)),
-                config.refine,
-                on_step=clock.step if timer is not None else None,
-            )
-            boxes = torch.cat([refined.to(device), boxes[top:]])
-            ious = torch.cat([refined_iou.to(device).clamp(0, 1), ious[top:]])
+            refined, refined_iou = boxes[:top].clone(), ious.new_zeros(top)
+            for part in chunks(top, per_call):
+                refined[part], refined_iou[part] = backend.refine(
+                    features,
+                    boxes[part],
+                    labels[part],
+                    (int(height), int(width)),
+                    config.refine,
+                    on_step=clock.step if timer is not None else None,
+                )
+            boxes = torch.cat([refined, boxes[top:]])
+            ious = torch.cat([refined_iou.clamp(0, 1), ious[top:]])
         clock.since("refine", refine_start)
         clock.since("total", clock.start)
         return Detections(boxes, kept_scores, labels, ious)
@@ -166,6 +241,13 @@ def check_exported_from(manifest: Manifest, checkpoint: str | os.PathLike) -> No
         raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
 
 
+def _float_image(image: Tensor) -> Tensor:
+    """uint8 images as float / 255 (the loader's conversion); others as they are."""
+    if isinstance(image, Tensor) and image.dtype == torch.uint8:
+        return image.to(torch.float32).div_(255.0)
+    return image
+
+
 def _check_inputs(
     image: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, num_classes: int
 ) -> None:
@@ -179,13 +261,22 @@ def _check_inputs(
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
     if not image.is_floating_point():
-        raise TypeError(f"image must be a float tensor (RGB in [0, 1]), got {image.dtype}")
+        raise TypeError(f"image must be a float (RGB in [0, 1]) or uint8 tensor, got {image.dtype}")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("image has NaN or Inf pixels")
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"image values must lie in [0, 1] (8-bit pixels / 255), got [{low:g}, {high:g}]"
+        )
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
     count = boxes.shape[0]
     for name, value in (("scores", scores), ("labels", labels)):
         if tuple(value.shape) != (count,):
             raise ValueError(f"{name} must have shape ({count},), got {tuple(value.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor (class indices), got {labels.dtype}")
     if count and not bool(torch.isfinite(boxes).all() and torch.isfinite(scores).all()):
         raise ValueError("boxes and scores must be finite")
     if count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):

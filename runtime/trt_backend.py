@@ -107,6 +107,11 @@ class TensorRTBackend(Backend):
             if engine is None:
                 raise ValueError(f"TensorRT {trt.__version__} cannot deserialize {path}")
             self._engines[role] = _Engine(trt, engine, role, metadata)
+        self.max_boxes = min(
+            int(metadata["engines"][role]["profile"]["rois"]["max"][0])
+            for role in GRAPH_ROLES
+            if "rois" in metadata["engines"][role]["profile"]
+        )
 
     def features(self, image: Tensor) -> Features:
         """FPN maps p2..p5 of ``image`` (torch CUDA tensors in the engines' dtype)."""

@@ -188,9 +188,14 @@ def test_existing_folder_is_refused_and_replaced_only_with_force(exported_model,
     (target / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="--force"):
         export_model(checkpoint, target)
+    with pytest.raises(FileExistsError, match="not a model folder written by iounet"):
+        export_model(checkpoint, target, force=True)
     assert (target / "keep.txt").read_text() == "mine"
-    manifest = export_model(checkpoint, target, force=True)
-    assert not (target / "keep.txt").exists() and manifest.precisions() == ["fp32"]
+    (target / "keep.txt").unlink()
+    export_model(checkpoint, target, force=True)  # an empty folder is filled
+    (target / "stale.onnx").write_bytes(b"from an earlier export")
+    manifest = export_model(checkpoint, target, force=True)  # our model folder is replaced
+    assert not (target / "stale.onnx").exists() and manifest.precisions() == ["fp32"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no staging folder left
     assert oct(target.stat().st_mode & 0o777) == oct(0o777 & ~_umask())
 

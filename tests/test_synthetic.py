@@ -167,18 +167,22 @@ def test_the_dataset_class_reads_a_generated_split(dataset):
     assert sum(len(data[i][1]["boxes"]) for i in range(len(data))) == summary["val"]["objects"]
 
 
-def test_refuses_to_overwrite_unless_forced(tmp_path):
+def test_refuses_to_overwrite_unless_forced_and_replaces_only_its_own_data(tmp_path):
     out = tmp_path / "data"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="force"):
         generate_synthetic_dataset(out, train=1, val=1, size=32)
+    with pytest.raises(FileExistsError, match="not a synthetic data set written by iounet"):
+        generate_synthetic_dataset(out, train=1, val=1, size=32, force=True)
     assert _files(out) == {"keep.txt": b"mine"}
-    generate_synthetic_dataset(out, train=1, val=1, size=32, force=True)
-    assert not (out / "keep.txt").exists() and (out / "val" / "annotations.json").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    ours = tmp_path / "ours"
+    generate_synthetic_dataset(ours, train=1, val=1, size=32)
+    generate_synthetic_dataset(ours, train=2, val=1, size=32, force=True)
+    assert len(list((ours / "train" / "images").iterdir())) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "ours"]
     (tmp_path / "file").write_text("")
-    with pytest.raises(FileExistsError, match="not a directory"):
+    with pytest.raises(FileExistsError, match="not a folder"):
         generate_synthetic_dataset(tmp_path / "file", train=1, val=1, size=32, force=True)
 
 
@@ -193,8 +197,8 @@ def test_empty_existing_directory_is_used(tmp_path):
 def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch, existing):
     out = tmp_path / "data"
     if existing:
-        out.mkdir()
-        (out / "keep.txt").write_text("mine")
+        generate_synthetic_dataset(out, train=1, val=0, size=32)
+        before = _files(out)
     written = []
 
     def failing_write(path, image):
@@ -209,7 +213,7 @@ def test_failure_midway_leaves_no_partial_output(tmp_path, monkeypatch, existing
     assert len(written) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == (["data"] if existing else [])
     if existing:
-        assert _files(out) == {"keep.txt": b"mine"}
+        assert _files(out) == before
 
 
 @pytest.mark.parametrize(

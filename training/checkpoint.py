@@ -1,7 +1,11 @@
-"""Training checkpoints: written atomically, checked against the run they are loaded into."""
+"""Training checkpoints: written atomically with a checksum of their tensors, checked when read
+and against the run they are loaded into."""
 
 from __future__ import annotations
 
+import hashlib
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +18,12 @@ from iounet.training.config import TrainConfig
 from iounet.training.model import IoUNet
 
 LAST_NAME = "last.pt"
+#: The key of the sha256 over every tensor of the checkpoint (names, dtypes, shapes, bytes).
+CHECKSUM_KEY = "tensor_sha256"
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was loaded without its tensors being checked (written before checksums)."""
 
 
 def versions() -> dict[str, str]:
@@ -28,13 +38,57 @@ def versions() -> dict[str, str]:
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write `state` to `path` atomically: a complete file appears, or the old one stays."""
     path = Path(path)
+    state = {key: value for key, value in state.items() if key != CHECKSUM_KEY}
+    state = {**state, "versions": versions()}
     with atomic_path(path) as temporary:
-        torch.save({**state, "versions": versions()}, temporary)
+        torch.save({**state, CHECKSUM_KEY: tensor_checksum(state)}, temporary)
     return path
 
 
+def tensor_checksum(state: Any) -> str:
+    """sha256 (hex) over every tensor in `state` (nested dicts, lists and tuples): each one's
+    place, dtype, shape and bytes, in order; other values are not part of it."""
+    digest = hashlib.sha256()
+    for place, tensor in _tensors(state, ""):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{place}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _tensors(value: Any, place: str) -> Iterator[tuple[str, torch.Tensor]]:
+    if isinstance(value, torch.Tensor):
+        yield place, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if not (place == "" and key == CHECKSUM_KEY):
+                yield from _tensors(item, f"{place}/{key}")
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _tensors(item, f"{place}/{index}")
+
+
+def verify_checksum(state: dict[str, Any], source: str) -> None:
+    """ValueError when the tensors of a loaded checkpoint differ from its checksum (a corrupt
+    file); a CheckpointWarning when it has none (written by an older iounet)."""
+    expected = state.get(CHECKSUM_KEY)
+    if expected is None:
+        warnings.warn(
+            f"{source} has no tensor checksum (written by an older iounet): loaded unchecked",
+            CheckpointWarning,
+            stacklevel=3,
+        )
+        return
+    if tensor_checksum(state) != expected:
+        raise ValueError(
+            f"{source} is corrupt: its tensors do not match the checksum saved with them"
+        )
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by save_checkpoint; clear errors for missing or corrupt files."""
+    """Read a checkpoint written by save_checkpoint; clear errors for missing or corrupt files
+    (tensors checked against their checksum; older files without one load with a warning)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -42,9 +96,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise ValueError(f"{path} is not a readable iounet checkpoint: {error}") from error
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not an iounet checkpoint: it holds no dictionary")
     missing = {"model", "architecture", "class_names", "config", "step"} - set(state)
     if missing:
         raise ValueError(f"{path} is not an iounet checkpoint: it lacks {sorted(missing)}")
+    verify_checksum(state, str(path))
     return state
 
 

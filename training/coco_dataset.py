@@ -20,6 +20,14 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from iounet.training.images import (
+    is_wide,
+    resize_image,
+    resized_shape,
+    source_region,
+    wide_to_tensor,
+)
+
 
 @dataclass(frozen=True, eq=False)
 class _Record:
@@ -135,12 +143,7 @@ class CocoDetection(Dataset):
 
     def resized_shape(self, height: int, width: int) -> tuple[float, int, int]:
         """Return the scale factor and the (height, width) an image of (height, width) gets."""
-        scale = min(self.min_size / min(height, width), self.max_size / max(height, width))
-        return (
-            scale,
-            max(1, math.floor(height * scale + 1e-6)),
-            max(1, math.floor(width * scale + 1e-6)),
-        )
+        return resized_shape(height, width, self.min_size, self.max_size)
 
     def _record(self, image_id: int) -> _Record:
         info = self.coco.imgs[image_id]
@@ -172,17 +175,14 @@ class CocoDetection(Dataset):
 
     def _item(self, record: _Record, image: Image.Image) -> tuple[Tensor, dict[str, Tensor]]:
         scale, height, width = self.resized_shape(record.height, record.width)
-        if scale != 1.0:
-            # The source region kept is (width, height) / scale: one exact factor for both axes.
-            region = (
-                0.0,
-                0.0,
-                min(record.width, width / scale),
-                min(record.height, height / scale),
-            )
-            image = image.resize((width, height), Image.Resampling.BILINEAR, box=region)
-        pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-        pixels = pixels.to(torch.float32).div_(255.0)
+        if is_wide(image):  # 16-bit: resized in float, never clipped to 8 bits
+            pixels, _ = resize_image(wide_to_tensor(image), self.min_size, self.max_size)
+        else:
+            if scale != 1.0:
+                region = source_region(record.height, record.width, scale, (height, width))
+                image = image.resize((width, height), Image.Resampling.BILINEAR, box=region)
+            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+            pixels = pixels.to(torch.float32).div_(255.0)
         boxes, keep = _resize_boxes(record.boxes, scale, height, width)
         crowd_boxes, _ = _resize_boxes(record.crowd_boxes, scale, height, width)
         target = {
@@ -214,10 +214,12 @@ def _resize_boxes(
 
 
 def _decode(record: _Record) -> Image.Image:
-    """Return the record's image as RGB; raise ValueError naming the file if it cannot."""
+    """Return the record's image as RGB (16-bit images as they are); raise ValueError naming the
+    file if it cannot."""
     try:
         with Image.open(record.path) as image:
-            image = image.convert("RGB")
+            image.load()
+            image = image if is_wide(image) else image.convert("RGB")
     except (OSError, SyntaxError, ValueError) as error:
         raise ValueError(f"cannot decode image {record.path}: {error}") from error
     if image.size != (record.width, record.height):

@@ -104,12 +104,13 @@ def _run_training(args: argparse.Namespace, trainer_class: type, default_recipe:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from iounet.files import atomic_path
+    from iounet.files import check_output, is_coco_results, write_json
+
+    check_output(args.out, args.force, is_coco_results, "COCO results file")
+
     from iounet.training.coco_dataset import dataset_for_checkpoint
     from iounet.training.detector import detect, load_detector
 
-    if args.out.exists() and not args.force:
-        raise SystemExit(f"{args.out} exists: pass --force to replace it")
     model, state = load_detector(args.checkpoint, args.device)
     dataset = dataset_for_checkpoint(args.images, args.annotations, state, args.checkpoint)
     results = []
@@ -128,7 +129,6 @@ def _detect(args: argparse.Namespace) -> int:
                     "score": score,
                 }
             )
-    with atomic_path(args.out) as temporary:
-        temporary.write_text(json.dumps(results))
+    write_json(args.out, results)
     print(f"{len(results)} raw detections on {len(dataset)} images -> {args.out}")
     return 0

@@ -21,11 +21,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from iounet.files import check_output
+
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "ring")
 ELLIPSE, RECTANGLE, TRIANGLE, STAR, RING = range(len(CLASS_NAMES))
 # Each class mostly wears its own texture (TEXTURES[label]) and sometimes any other one.
 TEXTURES = ("gradient", "stripes", "flat", "checker", "speckle")
 SPLITS = ("train", "val")
+#: The annotation files' info.description: how --force recognises a data set written here.
+DESCRIPTION = "iounet synthetic shapes"
 
 MIN_IMAGE_SIZE = 32
 MAX_OBJECTS = 8
@@ -211,12 +215,23 @@ def _check_count(name: str, value: int) -> None:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise FileExistsError(
-            f"{out} exists and is not empty; replace it with force=True (the CLI: --force)"
-        )
+    """An empty folder is filled; another existing `out` is replaced only with `force` and only
+    when it is a data set this function wrote (``is_synthetic_dataset``)."""
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return
+    check_output(out, force, is_synthetic_dataset, "synthetic data set", folder=True)
+
+
+def is_synthetic_dataset(folder: Path) -> bool:
+    """Whether `folder` holds only the splits this module writes, each with its annotations."""
+    entries = {entry.name for entry in folder.iterdir()}
+    if not entries or not entries <= set(SPLITS):
+        return False
+    for split in entries:
+        info = json.loads((folder / split / "annotations.json").read_text()).get("info", {})
+        if not isinstance(info, dict) or info.get("description") != DESCRIPTION:
+            return False
+    return True
 
 
 def _write_split(folder: Path, split: str, count: int, size: int, seed: int) -> dict:
@@ -233,7 +248,7 @@ def _write_split(folder: Path, split: str, count: int, size: int, seed: int) -> 
         for obj in scene.objects:
             annotations.append(_annotation(len(annotations) + 1, image_id, obj))
     coco = {
-        "info": {"description": "iounet synthetic shapes", "split": split, "seed": seed},
+        "info": {"description": DESCRIPTION, "split": split, "seed": seed},
         "images": images,
         "annotations": annotations,
         "categories": [
