@@ -11,7 +11,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export = subparsers.add_parser(
         "export", help="export a checkpoint to ONNX graphs and a manifest"
     )
-    export.add_argument("checkpoint", type=Path, help="IoU-Net checkpoint (iounet train)")
+    export.add_argument(
+        "checkpoint",
+        type=Path,
+        help="IoU-Net checkpoint (iounet train) or pytracking checkpoint (.pth.tar)",
+    )
     export.add_argument("--out", type=Path, required=True, help="model folder to create")
     export.add_argument("--force", action="store_true", help="replace an existing --out")
     export.add_argument(
@@ -26,7 +30,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _export(args: argparse.Namespace) -> int:
     from iounet.export.manifest import GRAPH_ROLES
     from iounet.export.onnx_export import export_model
+    from iounet.export.tracking_commands import export_tracking
 
+    status = export_tracking(args)  # a pytracking checkpoint (ATOM, DiMP, PrDiMP)
+    if status is not None:
+        return status
     manifest = export_model(
         args.checkpoint, args.out, force=args.force, fp16=args.fp16, annotations=args.annotations
     )
