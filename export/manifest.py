@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,18 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     """The manifest of an exported model folder, checked (and the files' sha256 when `verify`)."""
+    path, data = read_manifest_json(folder)
+    manifest = _parse(path, data)
+    if verify:
+        verify_graph_files(
+            path,
+            [manifest.graph(role, p) for p in manifest.precisions() for role in GRAPH_ROLES],
+        )
+    return manifest
+
+
+def read_manifest_json(folder: str | os.PathLike) -> tuple[Path, Any]:
+    """The path and parsed JSON of a model folder's manifest; clear errors when either is amiss."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
     if not folder.is_dir():
@@ -183,22 +196,19 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     if not path.is_file():
         raise ManifestError(f"{folder} is not an exported iounet model: {MANIFEST_NAME} missing")
     try:
-        data = json.loads(path.read_text())
+        return path, json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"{path} is not valid JSON: {error}") from error
-    manifest = _parse(path, data)
-    if verify:
-        for precision in manifest.precisions():
-            for role in GRAPH_ROLES:
-                entry = manifest.graph(role, precision)
-                file = folder / entry.file
-                if not file.is_file():
-                    raise ManifestError(f"{path} lists {entry.file}, which is missing")
-                if sha256_file(file) != entry.sha256:
-                    raise ManifestError(
-                        f"{file} does not match its sha256 in {path} (changed or corrupt)"
-                    )
-    return manifest
+
+
+def verify_graph_files(path: Path, entries: Iterable[GraphEntry]) -> None:
+    """ManifestError unless every graph file the manifest at `path` lists is there, unchanged."""
+    for entry in entries:
+        file = path.parent / entry.file
+        if not file.is_file():
+            raise ManifestError(f"{path} lists {entry.file}, which is missing")
+        if sha256_file(file) != entry.sha256:
+            raise ManifestError(f"{file} does not match its sha256 in {path} (changed or corrupt)")
 
 
 def _plain(value: Any) -> Any:

@@ -20,11 +20,11 @@ from iounet.export.manifest import (
     MANIFEST_NAME,
     FeatureMap,
     GraphEntry,
-    ManifestError,
     _plain,
     _Reader,
     _tensors,
-    sha256_file,
+    read_manifest_json,
+    verify_graph_files,
 )
 from iounet.export.tracking_refine import PARAMETRIZATIONS, TrackingRefineParams
 from iounet.training.tracking_model import VARIANTS
@@ -111,26 +111,10 @@ def is_tracking_model(folder: str | os.PathLike) -> bool:
 
 def load_tracking_manifest(folder: str | os.PathLike, verify: bool = True) -> TrackingManifest:
     """The manifest of an exported tracking model, checked (and the files' sha256 when `verify`)."""
-    folder = Path(folder)
-    path = folder / MANIFEST_NAME
-    if not folder.is_dir():
-        raise FileNotFoundError(f"model folder not found: {folder}")
-    if not path.is_file():
-        raise ManifestError(f"{folder} is not an exported iounet model: {MANIFEST_NAME} missing")
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"{path} is not valid JSON: {error}") from error
+    path, data = read_manifest_json(folder)
     manifest = _parse(path, data)
     if verify:
-        for role, entry in manifest.graphs.items():
-            file = folder / entry.file
-            if not file.is_file():
-                raise ManifestError(f"{path} lists {entry.file} ({role}), which is missing")
-            if sha256_file(file) != entry.sha256:
-                raise ManifestError(
-                    f"{file} does not match its sha256 in {path} (changed or corrupt)"
-                )
+        verify_graph_files(path, manifest.graphs.values())
     return manifest
 
 
