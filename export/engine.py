@@ -1,9 +1,10 @@
 """ONNX graphs of an exported model -> TensorRT engines, and the metadata that keeps them honest.
 
-``build_engines`` writes ``DIR/engines/<precision>/<role>.engine`` for the four graphs and
-``engines.json`` beside them: the TensorRT, plugin library and iounet versions, and per engine
-its optimization profile, the sha256 of the ONNX it was built from and of the engine file. The
-runtime checks that metadata against the model folder and its TensorRT before it loads anything.
+``build_engines`` writes ``DIR/engines/<precision>/<role>.engine`` for every graph of the model
+folder (the four of a detection model, the seven of a tracking model) and ``engines.json`` beside
+them: the TensorRT, plugin library and iounet versions, and per engine its optimization profile,
+the sha256 of the ONNX it was built from and of the engine file. The runtime checks that metadata
+against the model folder and its TensorRT before it loads anything.
 """
 
 from __future__ import annotations
@@ -15,13 +16,25 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from iounet._version import __version__
-from iounet.export.manifest import GRAPH_ROLES, PRECISIONS, Manifest, load_manifest, sha256_file
+from iounet.export.manifest import (
+    GRAPH_ROLES,
+    PRECISIONS,
+    GraphEntry,
+    Manifest,
+    load_manifest,
+    sha256_file,
+)
 from iounet.files import atomic_path
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
+
+if TYPE_CHECKING:
+    from iounet.export.tracking_manifest import TrackingManifest
 
 ENGINES_FOLDER = "engines"
 METADATA_NAME = "engines.json"
@@ -29,10 +42,57 @@ FORMAT = "iounet-engines"
 FORMAT_VERSION = 1
 #: Inputs whose first dimension is the number of boxes K; their other dimensions are fixed.
 BOX_INPUTS = ("rois", "labels", "iou", "grad", "active")
+#: The same for the graphs of a tracking model (proposals, or the boxes of a refinement step).
+TRACKING_BOX_INPUTS = ("proposals", "boxes", "rel")
 
 Range = tuple[int, int, int]
 SizeRange = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 Shapes = tuple[list[int], list[int], list[int]]
+
+
+@dataclass(frozen=True)
+class _Graphs:
+    """What building and checking engines needs of a model folder, detection or tracking."""
+
+    roles: tuple[str, ...]
+    precisions: tuple[str, ...]
+    graph: Callable[[str, str], GraphEntry]  # (role, precision) -> its manifest entry
+    strides: dict[str, int]  # inputs that follow the image size (the image: 1) -> their stride
+    box_inputs: tuple[str, ...]  # inputs whose first dimension is the number of boxes
+    precision_hint: str  # how to get graphs of a precision the folder lacks
+
+
+def _graphs(manifest: Manifest | TrackingManifest) -> _Graphs:
+    if isinstance(manifest, Manifest):
+        return _Graphs(
+            roles=GRAPH_ROLES,
+            precisions=tuple(manifest.precisions()),
+            graph=manifest.graph,
+            strides={"image": 1, **{level.name: level.stride for level in manifest.maps}},
+            box_inputs=BOX_INPUTS,
+            precision_hint="export the model with `iounet export --fp16` to build fp16 engines",
+        )
+    from iounet.export.tracking_manifest import IOU_FEATURE_MAPS, TRACKING_ROLES
+
+    strides = {"image": 1, **{level.name: level.stride for level in manifest.maps}}
+    strides.update({feat: strides[layer] for feat, layer in IOU_FEATURE_MAPS.items()})
+    return _Graphs(
+        roles=TRACKING_ROLES,
+        precisions=("fp32",),
+        graph=lambda role, precision: manifest.graphs[role],
+        strides=strides,
+        box_inputs=TRACKING_BOX_INPUTS,
+        precision_hint="tracking models are exported in fp32 only",
+    )
+
+
+def load_model_manifest(model_dir: str | os.PathLike) -> Manifest | TrackingManifest:
+    """The checked manifest of a detection or a tracking model folder."""
+    from iounet.export.tracking_manifest import is_tracking_model, load_tracking_manifest
+
+    if is_tracking_model(model_dir):
+        return load_tracking_manifest(model_dir)
+    return load_manifest(model_dir)
 
 
 def parse_range(text: str, name: str) -> Range:
@@ -66,25 +126,32 @@ def _check_ordered(values: list[int], name: str, text: str) -> None:
 
 
 def engine_profiles(
-    manifest: Manifest, role: str, boxes: Range, image_size: SizeRange, precision: str = "fp32"
+    manifest: Manifest | TrackingManifest,
+    role: str,
+    boxes: Range,
+    image_size: SizeRange,
+    precision: str = "fp32",
 ) -> dict[str, Shapes]:
     """The (min, opt, max) shape of every input of one graph for the given ranges.
 
-    image: (1, 3, H, W); map p_l: (1, C, ceil(H / s), ceil(W / s)) with s its stride; the first
-    dimension of the box inputs: the number of boxes; every other dimension as the manifest has it.
+    image: (1, 3, H, W); map p_l: (1, C, ceil(H / s), ceil(W / s)) with s its stride (tracking:
+    layer2/layer3 and the IoU features feat3/feat4 of them, strides 8/16); the first dimension of
+    the box inputs: the number of boxes; every other dimension (the modulation vectors, a step's
+    settings) as the manifest has it.
     """
-    strides = {level.name: level.stride for level in manifest.maps}
+    graphs = _graphs(manifest)
+    strides, box_inputs = graphs.strides, graphs.box_inputs
     profiles: dict[str, Shapes] = {}
-    for tensor in manifest.graph(role, precision).inputs:
+    for tensor in graphs.graph(role, precision).inputs:
         name, shape = tensor.name, list(tensor.shape)
         where = f"{manifest.folder}: {role} input {name}"
-        if name == "image" or name in strides:
-            stride = strides.get(name, 1)
+        if name in strides:
+            stride = strides[name]
             channels = _fixed(shape[1:2], where)
             profiles[name] = tuple(
                 [1, *channels, math.ceil(h / stride), math.ceil(w / stride)] for h, w in image_size
             )
-        elif name in BOX_INPUTS:
+        elif name in box_inputs:
             rest = _fixed(shape[1:], where)
             profiles[name] = tuple([k, *rest] for k in boxes)
         else:
@@ -99,7 +166,7 @@ def _fixed(dims: list[Any], where: str) -> list[int]:
     return list(dims)
 
 
-def engine_folder(manifest: Manifest, precision: str) -> Path:
+def engine_folder(manifest: Manifest | TrackingManifest, precision: str) -> Path:
     """``DIR/engines/<precision>`` of a model folder."""
     return manifest.folder / ENGINES_FOLDER / precision
 
@@ -113,7 +180,8 @@ def build_engines(
     timing_cache: str | os.PathLike | None = None,
     force: bool = False,
 ) -> Path:
-    """Build the four engines of an exported model with TensorRT; return their folder.
+    """Build the engines of an exported model (detection: four, tracking: seven) with TensorRT;
+    return their folder.
 
     One optimization profile per engine (see ``engine_profiles``); the network is strongly typed,
     so fp16 engines come from the fp16 graphs, and fp32 engines do not use TensorFloat-32.
@@ -121,14 +189,12 @@ def build_engines(
     written back. An existing folder is replaced only with ``force``; a failed build leaves it
     as it was.
     """
-    manifest = load_manifest(model_dir)
+    manifest = load_model_manifest(model_dir)
+    graphs = _graphs(manifest)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision not in manifest.precisions():
-        raise ValueError(
-            f"{manifest.folder} has no {precision} graphs: export the model with "
-            f"`iounet export --fp16` to build fp16 engines"
-        )
+    if precision not in graphs.precisions:
+        raise ValueError(f"{manifest.folder} has no {precision} graphs: {graphs.precision_hint}")
     if workspace_mb is not None and workspace_mb < 1:
         raise ValueError(f"the workspace must be a positive number of MB, got {workspace_mb}")
     target = engine_folder(manifest, precision)
@@ -142,8 +208,8 @@ def build_engines(
     staging = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".tmp", dir=target.parent))
     try:
         engines = {}
-        for role in GRAPH_ROLES:
-            graph = manifest.graph(role, precision)
+        for role in graphs.roles:
+            graph = graphs.graph(role, precision)
             profile = engine_profiles(manifest, role, boxes, image_size, precision)
             data = builder.build(manifest.folder / graph.file, precision, profile)
             file = f"{role}.engine"
@@ -180,7 +246,7 @@ def build_engines(
 
 
 class _Builder:
-    """One TensorRT builder, logger and (optional) timing cache shared by the four builds."""
+    """One TensorRT builder, logger and (optional) timing cache shared by a folder's builds."""
 
     def __init__(self, trt: Any, workspace_mb: int | None, timing_cache: Path | None) -> None:
         self.trt = trt
@@ -265,8 +331,11 @@ def _replace_folder(staging: Path, target: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
 
 
-def load_engine_metadata(folder: str | os.PathLike) -> dict[str, Any]:
-    """The checked ``engines.json`` of an engine folder."""
+def load_engine_metadata(
+    folder: str | os.PathLike, roles: tuple[str, ...] = GRAPH_ROLES
+) -> dict[str, Any]:
+    """The checked ``engines.json`` of an engine folder with the engines of `roles` (those of a
+    detection model unless told; ``TRACKING_ROLES`` for a tracking model)."""
     folder = Path(folder)
     path = folder / METADATA_NAME
     if not path.is_file():
@@ -278,11 +347,11 @@ def load_engine_metadata(folder: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
-    _check_structure(path, data)
+    _check_structure(path, data, roles)
     return data
 
 
-def _check_structure(path: Path, data: Any) -> None:
+def _check_structure(path: Path, data: Any, roles: tuple[str, ...]) -> None:
     def fail(problem: str) -> None:
         raise ValueError(f"{path}: {problem}; rebuild the engines with `iounet build-engine`")
 
@@ -304,8 +373,8 @@ def _check_structure(path: Path, data: Any) -> None:
     if not (isinstance(sizes, list) and len(sizes) == 3 and all(_is_int_list(s, 2) for s in sizes)):
         fail("image_size must be [[h, w], [h, w], [h, w]] (min, opt, max)")
     engines = data.get("engines")
-    if not isinstance(engines, dict) or set(engines) != set(GRAPH_ROLES):
-        fail(f"engines must hold exactly {list(GRAPH_ROLES)}")
+    if not isinstance(engines, dict) or set(engines) != set(roles):
+        fail(f"engines must hold exactly {list(roles)}")
     for role, entry in engines.items():
         if not (
             isinstance(entry, dict)
@@ -343,7 +412,11 @@ def _is_profile(profile: Any) -> bool:
 
 
 def check_engine_metadata(
-    metadata: dict[str, Any], *, tensorrt_version: str, plugin_version: str, manifest: Manifest
+    metadata: dict[str, Any],
+    *,
+    tensorrt_version: str,
+    plugin_version: str,
+    manifest: Manifest | TrackingManifest,
 ) -> None:
     """Raise ValueError unless the engines fit this TensorRT, plugin library and model export.
 
@@ -365,9 +438,12 @@ def check_engine_metadata(
             f"{path}: the engines were built with plugin library {built['plugin_library']}, "
             f"the loaded one is {plugin_version}; {rebuild}"
         )
-    for role in GRAPH_ROLES:
+    graphs = _graphs(manifest)
+    if set(metadata["engines"]) != set(graphs.roles):
+        raise ValueError(f"{path}: the engines are not those of {manifest.folder}; {rebuild}")
+    for role in graphs.roles:
         entry = metadata["engines"][role]
-        if entry["onnx"]["sha256"] != manifest.graph(role, precision).sha256:
+        if entry["onnx"]["sha256"] != graphs.graph(role, precision).sha256:
             raise ValueError(
                 f"{path}: the {role} engine was built from another export of the model "
                 f"({entry['onnx']['file']} has changed since); {rebuild}"
@@ -381,7 +457,7 @@ def check_engine_metadata(
             )
 
 
-def _rebuild_hint(manifest: Manifest, metadata: dict[str, Any]) -> str:
+def _rebuild_hint(manifest: Manifest | TrackingManifest, metadata: dict[str, Any]) -> str:
     boxes = ":".join(str(b) for b in metadata["boxes"])
     sizes = ":".join(f"{h}x{w}" for h, w in metadata["image_size"])
     return (
@@ -404,7 +480,7 @@ def check_within_profile(
     outside = [i for i, d in enumerate(shape) if not low[i] <= d <= high[i]]
     if not outside:
         return
-    if name in BOX_INPUTS and outside == [0]:
+    if name in BOX_INPUTS + TRACKING_BOX_INPUTS and outside == [0]:
         count = shape[0]
         if count > high[0]:
             raise ValueError(

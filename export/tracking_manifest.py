@@ -41,6 +41,9 @@ TRACKING_ROLES = (
     "refine_step_atom",
     "refine_step_relative",
 )
+#: The IoU features (outputs of ``iou_feat``, inputs of the proposal graphs) and the map each is
+#: computed from at the same size (stride-1 convolutions), so its stride.
+IOU_FEATURE_MAPS = {"feat3": "layer2", "feat4": "layer3"}
 
 
 @dataclass(frozen=True)

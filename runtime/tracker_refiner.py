@@ -54,8 +54,9 @@ class TrackerRefiner:
         checkpoint: str | os.PathLike | None = None,
         threads: int | None = None,
     ) -> TrackerRefiner:
-        """A refiner on an exported tracking model folder: backend "ort" (default), or "torch",
-        "torch-native", "torch-cuda" with ``checkpoint=`` the pytracking file it came from."""
+        """A refiner on an exported tracking model folder: backend "ort" (default), "trt" (the
+        folder's TensorRT engines, ``iounet build-engine``), or "torch", "torch-native",
+        "torch-cuda" with ``checkpoint=`` the pytracking file it came from."""
         manifest = load_tracking_manifest(model_dir)
         return cls(open_engine(manifest, backend, checkpoint, threads), manifest)
 

@@ -1,6 +1,6 @@
-"""The engines behind ``TrackerRefiner``: the exported tracking graphs in ONNX Runtime, or the
-PyTorch model (``TrackingNet``) with the PrRoIPool ops on the plain PyTorch kernels, the native
-CPU kernels or the CUDA library.
+"""The engines behind ``TrackerRefiner``: the exported tracking graphs in ONNX Runtime or as
+TensorRT engines (``iounet build-engine``), or the PyTorch model (``TrackingNet``) with the
+PrRoIPool ops on the plain PyTorch kernels, the native CPU kernels or the CUDA library.
 
 Every engine computes the box gradient without autograd (``AtomIoUNet.iou_and_box_gradient``,
 exported in the step graphs) and refines with the one step function of
@@ -22,11 +22,13 @@ from torch import Tensor
 
 from iounet.export.tracking_manifest import TRACKING_ROLES, TrackingManifest
 from iounet.export.tracking_refine import Step, eager_step
+from iounet.plugins.trt_loader import import_tensorrt
+from iounet.runtime.trt_backend import open_engines
 from iounet.training.tracking_model import TrackingNet
 
 Pair = tuple[Tensor, Tensor]
-#: Engine names: ONNX Runtime, PyTorch (plain / native CPU / CUDA PrRoIPool kernels).
-ENGINES = ("ort", "torch", "torch-native", "torch-cuda")
+#: Engine names: ONNX Runtime, TensorRT, PyTorch (plain / native CPU / CUDA PrRoIPool kernels).
+ENGINES = ("ort", "trt", "torch", "torch-native", "torch-cuda")
 
 
 class TrackingEngine(abc.ABC):
@@ -185,17 +187,82 @@ class OrtTrackingEngine(TrackingEngine):
         return run
 
 
+class TensorRTTrackingEngine(TrackingEngine):
+    """The TensorRT engines of ``iounet build-engine`` on a tracking model folder, on the current
+    GPU: torch CUDA tensors as the engines' device buffers, every call enqueued on the current
+    stream. A refinement step is one call of the ``refine_step_*`` engine on the previous step's
+    device tensors, so the loop never waits for the GPU; shapes outside an engine's profile are
+    refused (ValueError with the rebuild hint) before anything is copied to the device."""
+
+    name = "trt"
+
+    def __init__(self, manifest: TrackingManifest, precision: str = "fp32") -> None:
+        import_tensorrt()  # without TensorRT, say what to install before anything else
+        if not torch.cuda.is_available():
+            raise ValueError("the trt backend needs a CUDA device (none is visible)")
+        self.manifest = manifest
+        self.metadata, self.engines = open_engines(manifest, precision, TRACKING_ROLES)
+        self.device = torch.device("cuda", torch.cuda.current_device())
+
+    def _run(self, role: str, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        engine = self.engines[role]
+        engine.check(inputs)
+        return engine.run(
+            {
+                name: tensor.to(self.device, engine.dtypes[name]).contiguous()
+                for name, tensor in inputs.items()
+            }
+        )
+
+    def backbone(self, image: Tensor) -> Pair:
+        outputs = self._run("backbone", {"image": image})
+        return outputs["layer2"], outputs["layer3"]
+
+    def modulation(self, layers: Pair, box: Tensor) -> dict[str, Tensor]:
+        inputs = {"layer2": layers[0], "layer3": layers[1], "box": box}
+        outputs = self._run("modulation", inputs)
+        return {"modulation3": outputs["modulation3"], "modulation4": outputs["modulation4"]}
+
+    def iou_features(self, layers: Pair) -> dict[str, Tensor]:
+        outputs = self._run("iou_feat", {"layer2": layers[0], "layer3": layers[1]})
+        return {"feat3": outputs["feat3"], "feat4": outputs["feat4"]}
+
+    def predict_iou(self, modulation: dict, features: dict, proposals: Tensor) -> Tensor:
+        inputs = {**modulation, **features, "proposals": proposals}
+        return self._run("predict_iou", inputs)["iou"]
+
+    def iou_and_grad(self, modulation: dict, features: dict, proposals: Tensor) -> Pair:
+        outputs = self._run("iou_grad", {**modulation, **features, "proposals": proposals})
+        return outputs["iou"], outputs["grad"]
+
+    def step(self, modulation: dict, features: dict, parametrization: str) -> Step:
+        role = f"refine_step_{parametrization}"
+        state_name = "boxes" if parametrization == "atom" else "rel"
+
+        def run(state: Tensor, sz_norm: Tensor, step: Tensor) -> Pair:
+            inputs = {**modulation, **features, state_name: state, "step": step}
+            if parametrization == "relative":
+                inputs["sz_norm"] = sz_norm
+            outputs = self._run(role, inputs)
+            return outputs[f"{state_name}_next"], outputs["iou"]
+
+        return run
+
+
 def open_engine(
     manifest: TrackingManifest,
     name: str,
     checkpoint: str | os.PathLike | None = None,
     threads: int | None = None,
 ) -> TrackingEngine:
-    """The engine `name` on an exported tracking model (PyTorch engines need its checkpoint)."""
+    """The engine `name` on an exported tracking model (PyTorch engines need its checkpoint;
+    "trt" the engines ``iounet build-engine`` built in the folder)."""
     if name not in ENGINES:
         raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ENGINES)}")
     if name == "ort":
         return OrtTrackingEngine(manifest, threads)
+    if name == "trt":
+        return TensorRTTrackingEngine(manifest)
     if checkpoint is None:
         raise ValueError(f"the {name} backend needs the pytracking checkpoint (checkpoint=...)")
     from iounet.export.manifest import sha256_file

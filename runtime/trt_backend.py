@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,9 +20,12 @@ from iounet.export.engine import (
     engine_folder,
     load_engine_metadata,
 )
-from iounet.export.manifest import GRAPH_ROLES, load_manifest
+from iounet.export.manifest import GRAPH_ROLES, Manifest, load_manifest
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
 from iounet.runtime.backend import Backend, Features, RefineParams
+
+if TYPE_CHECKING:
+    from iounet.export.tracking_manifest import TrackingManifest
 
 #: TensorRT data type names -> torch dtypes.
 _DTYPES = {
@@ -51,13 +54,18 @@ class _Engine:
             name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT
         ]
 
+    def check(self, inputs: dict[str, Tensor]) -> None:
+        """ValueError when an input's shape lies outside the engine's optimization profile."""
+        for name, tensor in inputs.items():
+            check_within_profile(self.metadata, self.role, name, tuple(tensor.shape))
+
     def run(
         self, inputs: dict[str, Tensor], outputs: dict[str, Tensor] | None = None
     ) -> dict[str, Tensor]:
         """Enqueue the engine on the current stream; new output tensors unless given."""
         context = self.context
+        self.check(inputs)
         for name, tensor in inputs.items():
-            check_within_profile(self.metadata, self.role, name, tuple(tensor.shape))
             if not context.set_input_shape(name, tuple(tensor.shape)):
                 raise ValueError(f"the {self.role} engine refused shape {tuple(tensor.shape)}")
             context.set_tensor_address(name, tensor.data_ptr())
@@ -76,37 +84,49 @@ class _Engine:
         return outputs
 
 
+def open_engines(
+    manifest: Manifest | TrackingManifest, precision: str, roles: tuple[str, ...]
+) -> tuple[dict[str, Any], dict[str, _Engine]]:
+    """The checked metadata and the engines of `roles` that ``iounet build-engine`` built for a
+    model folder. ImportError without TensorRT (saying what to install), FileNotFoundError
+    without engines, ValueError for engines of another TensorRT, plugin library or export."""
+    trt = import_tensorrt()
+    library = load_plugin_library()
+    folder = engine_folder(manifest, precision)
+    metadata = load_engine_metadata(folder, roles)
+    if metadata["precision"] != precision:
+        raise ValueError(f"{folder} holds {metadata['precision']} engines, not {precision}")
+    check_engine_metadata(
+        metadata,
+        tensorrt_version=trt.__version__,
+        plugin_version=plugin_library_version(library),
+        manifest=manifest,
+    )
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
+    engines = {}
+    for role in roles:
+        path = folder / metadata["engines"][role]["file"]
+        engine = runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise ValueError(f"TensorRT {trt.__version__} cannot deserialize {path}")
+        engines[role] = _Engine(trt, engine, role, metadata)
+        engines[role].keep_alive = (runtime, logger)  # the runtime must outlive its engines
+    return metadata, engines
+
+
 class TensorRTBackend(Backend):
     """The TensorRT engines of an exported model (``iounet build-engine``) on the current GPU."""
 
     name = "trt"
 
     def __init__(self, model_dir: str | os.PathLike, precision: str = "fp32") -> None:
-        trt = import_tensorrt()
-        library = load_plugin_library()
+        import_tensorrt()  # without TensorRT, say what to install before reading anything
         manifest = load_manifest(model_dir)
-        folder = engine_folder(manifest, precision)
-        metadata = load_engine_metadata(folder)
-        if metadata["precision"] != precision:
-            raise ValueError(f"{folder} holds {metadata['precision']} engines, not {precision}")
-        check_engine_metadata(
-            metadata,
-            tensorrt_version=trt.__version__,
-            plugin_version=plugin_library_version(library),
-            manifest=manifest,
-        )
+        metadata, self._engines = open_engines(manifest, precision, GRAPH_ROLES)
         self.device = torch.device("cuda", torch.cuda.current_device())
         self.manifest = manifest
         self.precision = precision
-        self._logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(self._logger)
-        self._engines = {}
-        for role in GRAPH_ROLES:
-            path = folder / metadata["engines"][role]["file"]
-            engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise ValueError(f"TensorRT {trt.__version__} cannot deserialize {path}")
-            self._engines[role] = _Engine(trt, engine, role, metadata)
         self.max_boxes = min(
             int(metadata["engines"][role]["profile"]["rois"]["max"][0])
             for role in GRAPH_ROLES

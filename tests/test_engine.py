@@ -9,12 +9,12 @@ import importlib.util
 import json
 import math
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fake_tensorrt import FakeTensorRT, install_fake_tensorrt
 from tiny_model import CLASSES, write_tiny_checkpoint
 
 from iounet import cli
@@ -95,128 +95,9 @@ def fake_model(folder: Path, precisions: tuple[str, ...] = ("fp32",)) -> Path:
     return folder
 
 
-class FakeTensorRT(types.ModuleType):
-    """Just enough of the tensorrt module for build_engines; records what it is asked to do."""
-
-    __version__ = "10.99.1"
-
-    def __init__(self) -> None:
-        super().__init__("tensorrt")
-        self.builds: list[dict] = []
-        self.cache_given: list[bytes] = []
-        fake = self
-
-        class Logger:
-            WARNING = 2
-
-            def __init__(self, severity: int) -> None:
-                self.severity = severity
-
-        class Network:
-            def __init__(self, flags: int) -> None:
-                self.flags = flags
-                self.inputs: list[types.SimpleNamespace] = []
-
-            @property
-            def num_inputs(self) -> int:
-                return len(self.inputs)
-
-            def get_input(self, index: int) -> types.SimpleNamespace:
-                return self.inputs[index]
-
-        class OnnxParser:
-            def __init__(self, network: Network, logger: Logger) -> None:
-                self.network, self.errors = network, []
-
-            def parse_from_file(self, path: str) -> bool:
-                try:
-                    inputs = json.loads(Path(path).read_text())
-                except ValueError:
-                    self.errors = ["In node 3 (importPrRoIPool): UNSUPPORTED_NODE"]
-                    return False
-                self.network.file = Path(path).name
-                self.network.inputs = [types.SimpleNamespace(**i) for i in inputs]
-                return True
-
-            @property
-            def num_errors(self) -> int:
-                return len(self.errors)
-
-            def get_error(self, index: int) -> str:
-                return self.errors[index]
-
-        class Profile(dict):
-            def set_shape(self, name: str, low: list, opt: list, high: list) -> None:
-                self[name] = (list(low), list(opt), list(high))
-
-        class Cache:
-            def __init__(self, data: bytes) -> None:
-                self.data = data
-
-            def serialize(self) -> bytes:
-                return self.data + b"+"
-
-        class Config:
-            def __init__(self) -> None:
-                self.workspace, self.cache, self.profiles, self.cleared = None, None, [], []
-
-            def clear_flag(self, flag: str) -> None:
-                self.cleared.append(flag)
-
-            def set_memory_pool_limit(self, pool: str, size: int) -> None:
-                assert pool == "workspace"
-                self.workspace = size
-
-            def create_timing_cache(self, data: bytes) -> Cache:
-                fake.cache_given.append(data)
-                return Cache(data)
-
-            def set_timing_cache(self, cache: Cache, ignore_mismatch: bool) -> bool:
-                self.cache = cache
-                return True
-
-            def add_optimization_profile(self, profile: Profile) -> None:
-                self.profiles.append(dict(profile))
-
-        class Builder:
-            def __init__(self, logger: Logger) -> None:
-                pass
-
-            def create_network(self, flags: int) -> Network:
-                return Network(flags)
-
-            def create_builder_config(self) -> Config:
-                return Config()
-
-            def create_optimization_profile(self) -> Profile:
-                return Profile()
-
-            def build_serialized_network(self, network: Network, config: Config) -> bytes:
-                fake.builds.append(
-                    {
-                        "file": network.file,
-                        "flags": network.flags,
-                        "profiles": config.profiles,
-                        "workspace": config.workspace,
-                        "cache": config.cache,
-                        "cleared": config.cleared,
-                    }
-                )
-                return f"engine {len(fake.builds)} of {network.file}".encode()
-
-        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
-        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=3)
-        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
-        self.BuilderFlag = types.SimpleNamespace(TF32="tf32")
-
-
 @pytest.fixture
 def fake_trt(monkeypatch):
-    fake = FakeTensorRT()
-    monkeypatch.setitem(sys.modules, "tensorrt", fake)
-    monkeypatch.setattr(engine, "load_plugin_library", lambda: Path("/fake/libplugin.so"))
-    monkeypatch.setattr(engine, "plugin_library_version", lambda path: "0.1.0")
-    return fake
+    return install_fake_tensorrt(monkeypatch)
 
 
 @pytest.fixture

@@ -206,7 +206,7 @@ def test_bad_input_is_refused(refiners, frames, exported, tmp_path):
     with pytest.raises(ValueError, match="sha256 differs"):
         TrackerRefiner.from_model(folder, "torch", checkpoint=other)
     with pytest.raises(ValueError, match="unknown backend"):
-        TrackerRefiner.from_model(folder, "trt")
+        TrackerRefiner.from_model(folder, "tensorrt")
 
 
 def test_box_partly_outside_the_crop_is_used(refiners, frames):
