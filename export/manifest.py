@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from iounet.export.refine_step import RefineParams
 
@@ -99,8 +99,28 @@ class CheckpointInfo:
     step: int
 
 
+class ManifestFile:
+    """What a manifest dataclass writes: its fields but `folder`, under its format and version."""
+
+    FORMAT: ClassVar[str] = FORMAT
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
+
+    def to_json(self) -> JSONObject:
+        """The manifest as written to ``manifest.json``."""
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "folder"
+        }
+        return {"format": self.FORMAT, "format_version": self.FORMAT_VERSION, **_plain(data)}
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        """Write ``manifest.json`` into `folder` (the staging folder of an export)."""
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+
 @dataclass(frozen=True)
-class Manifest:
+class Manifest(ManifestFile):
     """A checked manifest and the folder it describes."""
 
     folder: Path
@@ -151,19 +171,6 @@ class Manifest:
 
     def graph_path(self, role: str, precision: str = "fp32") -> Path:
         return self.folder / self.graph(role, precision).file
-
-    def to_json(self) -> JSONObject:
-        """The manifest as written to ``manifest.json``."""
-        data = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "folder"
-        }
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **_plain(data)}
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``manifest.json`` into `folder` (the staging folder of an export)."""
-        path = Path(folder) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
 
 
 def sha256_file(path: str | os.PathLike) -> str:

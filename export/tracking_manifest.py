@@ -9,18 +9,17 @@ style of ``iounet.export.manifest`` (same reader, sha256 of every file) before a
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from iounet.export.manifest import (
     MANIFEST_NAME,
     FeatureMap,
     GraphEntry,
-    _plain,
+    ManifestFile,
     _Reader,
     _tensors,
     read_manifest_json,
@@ -69,8 +68,11 @@ class SourceCheckpoint:
 
 
 @dataclass(frozen=True)
-class TrackingManifest:
+class TrackingManifest(ManifestFile):
     """A checked tracking manifest and the folder it describes."""
+
+    FORMAT: ClassVar[str] = FORMAT
+    FORMAT_VERSION: ClassVar[int] = FORMAT_VERSION
 
     folder: Path
     backbone: str
@@ -88,19 +90,6 @@ class TrackingManifest:
 
     def graph_path(self, role: str) -> Path:
         return self.folder / self.graphs[role].file
-
-    def to_json(self) -> dict[str, Any]:
-        """The manifest as written to ``manifest.json``."""
-        data = {
-            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "folder"
-        }
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, **_plain(data)}
-
-    def save(self, folder: str | os.PathLike) -> Path:
-        """Write ``manifest.json`` into `folder` (the staging folder of an export)."""
-        path = Path(folder) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        return path
 
 
 def is_tracking_model(folder: str | os.PathLike) -> bool:
