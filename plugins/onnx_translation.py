@@ -17,8 +17,10 @@ import onnx
 import onnxscript
 import torch
 from onnx.defs import OpSchema
+from onnxscript import opset20 as op
 
-import iounet.plugins.ops  # noqa: F401 - registers torch.ops.iounet.*
+import iounet.plugins.nms_op  # registers torch.ops.iounet.nms
+import iounet.plugins.ops  # noqa: F401 - registers torch.ops.iounet.prroi_pool*
 
 #: The custom ONNX domain of the nodes and its version.
 DOMAIN = "iounet"
@@ -104,8 +106,30 @@ def _prroi_pool_coord_grad(
     )
 
 
+#: NonMaxSuppression's cap on the boxes kept (per batch and class): all of them.
+_KEEP_ALL = 1 << 31
+
+
+def _nms(
+    boxes: onnxscript.ir.Value,
+    scores: onnxscript.ir.Value,
+    iou_threshold: float,
+    score_threshold: float,
+) -> onnxscript.ir.Value:
+    """nms(boxes (N, 4), scores (N,), iou_threshold, score_threshold) -> kept indices (M,)."""
+    selected = op.NonMaxSuppression(
+        op.Unsqueeze(boxes, op.Constant(value_ints=[0])),
+        op.Unsqueeze(scores, op.Constant(value_ints=[0, 1])),
+        op.Constant(value_ints=[_KEEP_ALL]),
+        op.Constant(value_floats=[float(iou_threshold)]),
+        op.Constant(value_floats=[float(score_threshold)]),
+    )
+    return op.Gather(selected, op.Constant(value_int=2), axis=1)
+
+
 #: ``custom_translation_table`` for ``torch.onnx.export``.
 TRANSLATION_TABLE: dict[torch._ops.OpOverload, Callable[..., onnxscript.ir.Value]] = {
     torch.ops.iounet.prroi_pool.default: _prroi_pool,
     torch.ops.iounet.prroi_pool_coord_grad.default: _prroi_pool_coord_grad,
+    torch.ops.iounet.nms.default: _nms,
 }
