@@ -1,4 +1,5 @@
-"""A tiny IoU-Net checkpoint for export, runtime and CLI tests."""
+"""Tiny IoU-Net checkpoints (the IoU head alone, and the joint detector) for export, runtime and
+CLI tests."""
 
 from __future__ import annotations
 
@@ -8,9 +9,20 @@ import torch
 
 from iounet.training.checkpoint import save_checkpoint
 from iounet.training.config import RECIPES
+from iounet.training.joint_model import DetectorConfig, JointIoUNet
 from iounet.training.model import IoUNet, ModelConfig
 
 TINY = ModelConfig(backbone="resnet18", fpn_channels=16, head_dim=32)
+TINY_DETECTOR = DetectorConfig(
+    anchor_size=16,
+    rpn_pre_nms_top_n=200,
+    rpn_post_nms_top_n=100,
+    rpn_pre_nms_top_n_train=200,
+    rpn_post_nms_top_n_train=100,
+    rpn_batch_size=64,
+    box_batch_size=32,
+    detections_per_image=100,
+)
 CLASSES = ["ellipse", "rectangle", "triangle", "star", "ring"]
 
 
@@ -27,6 +39,31 @@ def write_tiny_checkpoint(
         "architecture": model.architecture(),
         "class_names": list(classes),
         "config": {**config, "model": {**config["model"], **TINY.__dict__}},
+        "step": step,
+    }
+    return save_checkpoint(path, state)
+
+
+def write_tiny_joint_checkpoint(
+    path: Path,
+    seed: int = 0,
+    classes: list[str] = CLASSES,
+    step: int = 1,
+    iou_branch: bool = True,
+) -> Path:
+    """A randomly initialized tiny joint IoU-Net (FPN baseline without `iou_branch`) saved as
+    `iounet train --recipe joint-cpu-demo` would after `step` steps."""
+    from dataclasses import replace
+
+    torch.manual_seed(seed)
+    detector = replace(TINY_DETECTOR, iou_branch=iou_branch)
+    model = JointIoUNet(TINY, detector, len(classes))
+    config = RECIPES["joint-cpu-demo"].to_dict()
+    state = {
+        "model": model.state_dict(),
+        "architecture": model.architecture(),
+        "class_names": list(classes),
+        "config": {**config, "model": TINY.__dict__, "detector": detector.__dict__},
         "step": step,
     }
     return save_checkpoint(path, state)

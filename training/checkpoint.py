@@ -15,6 +15,7 @@ import torchvision
 from iounet._version import __version__
 from iounet.files import atomic_path
 from iounet.training.config import TrainConfig
+from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
 
 LAST_NAME = "last.pt"
@@ -119,11 +120,16 @@ def check_compatible(
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[IoUNet, dict[str, Any]]:
-    """The IoUNet stored in a checkpoint (in eval mode on `device`) and the checkpoint itself."""
+) -> tuple[IoUNet | JointIoUNet, dict[str, Any]]:
+    """The model stored in a checkpoint (in eval mode on `device`): an IoUNet (``iounet train``
+    of kind "iou") or a JointIoUNet (kind "joint"), and the checkpoint itself."""
     state = load_checkpoint(path)
     config = TrainConfig.from_dict(state["config"])
-    model = IoUNet(config.model, len(state["class_names"]))
+    classes = len(state["class_names"])
+    if isinstance(state["architecture"], dict) and state["architecture"].get("kind") == "joint":
+        model: IoUNet | JointIoUNet = JointIoUNet(config.model, config.detector, classes)
+    else:
+        model = IoUNet(config.model, classes)
     check_compatible(state, model.architecture(), state["class_names"], str(path))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state

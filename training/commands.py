@@ -20,8 +20,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--force", action="store_true", help="replace an existing --out")
     synth.set_defaults(run=_synth)
 
-    train = subparsers.add_parser("train", help="train the IoU predictor")
-    _training_arguments(train, "paper, cpu-demo")
+    train = subparsers.add_parser(
+        "train", help="train the IoU predictor, or the joint IoU-Net detector"
+    )
+    _training_arguments(train, "paper, cpu-demo, joint-paper, joint-cpu-demo, fpn-*")
     train.add_argument("--weights", type=Path, help="local ImageNet weights of the ResNet body")
     train.add_argument(
         "--backbone-from", type=Path, help="detector checkpoint whose FPN backbone to start from"
@@ -63,9 +65,7 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from iounet.training.trainer import Trainer
-
-    return _run_training(args, Trainer, default_recipe=None)
+    return _run_training(args, None, default_recipe=None)
 
 
 def _train_detector(args: argparse.Namespace) -> int:
@@ -74,13 +74,21 @@ def _train_detector(args: argparse.Namespace) -> int:
     return _run_training(args, DetectorTrainer, default_recipe="detector-cpu-demo")
 
 
-def _run_training(args: argparse.Namespace, trainer_class: type, default_recipe: str | None) -> int:
+def _run_training(
+    args: argparse.Namespace, trainer_class: type | None, default_recipe: str | None
+) -> int:
+    """Train with `trainer_class` (None: the trainer of the config's kind)."""
     from dataclasses import replace
 
     from iounet.training.checkpoint import LAST_NAME
     from iounet.training.config import load_config
 
     config = load_config(args.config, args.recipe or (None if args.config else default_recipe))
+    if trainer_class is None:
+        if config.kind == "joint":
+            from iounet.training.joint_trainer import JointTrainer as trainer_class
+        else:
+            from iounet.training.trainer import Trainer as trainer_class
     if args.backbone_from:
         config = replace(config, backbone_from=str(args.backbone_from))
     if (args.out / LAST_NAME).exists() and not args.resume:

@@ -17,7 +17,12 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from iounet.training.joint_model import DetectorConfig
 from iounet.training.model import ModelConfig
+
+#: What `iounet train` trains: the IoU head on a backbone ("iou"), or the whole detector with
+#: the IoU branch beside its R-CNN branch ("joint"; detector.iou_branch=False: the FPN baseline).
+KINDS = ("iou", "joint")
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,8 @@ class TrainConfig:
 
     Attributes:
         recipe: the recipe the other fields started from.
+        kind: "iou" (the IoU head) or "joint" (the detector with the IoU branch; see KINDS).
+        detector: the detector's settings (kind "joint").
         seed: seeds data order, flips and box jitter (a run is reproducible from it).
         checkpoint_every: steps between checkpoints (the last step always writes one).
         amp: mixed precision on CUDA (ignored on the CPU).
@@ -87,13 +94,19 @@ class TrainConfig:
     """
 
     recipe: str = "paper"
+    kind: str = "iou"
     model: ModelConfig = field(default_factory=ModelConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     checkpoint_every: int = 1000
     amp: bool = True
     backbone_from: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, stored in checkpoints."""
@@ -106,9 +119,31 @@ class TrainConfig:
 
 
 _CPU_MODEL = ModelConfig(backbone="resnet18", fpn_channels=64, head_dim=256)
+#: The detector of the CPU recipes: anchors from 16 px for the synthetic 192 px images.
+_CPU_DETECTOR = DetectorConfig(
+    anchor_size=16,
+    rpn_batch_size=256,
+    box_batch_size=128,
+    rpn_pre_nms_top_n_train=600,
+    rpn_post_nms_top_n_train=300,
+    rpn_pre_nms_top_n=600,
+    rpn_post_nms_top_n=300,
+    detections_per_image=300,
+)
+_CPU_DETECTOR_DATA = DataConfig(min_size=192, max_size=192, boxes_per_image=128, num_workers=1)
+_CPU_DETECTOR_OPTIM = OptimConfig(
+    lr=0.02, batch_size=4, steps=1200, lr_steps=(960,), warmup_steps=50, warmup_lr=0.002
+)
 
 RECIPES: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
+    # The paper's final system (Sec. 3.4): Faster R-CNN + FPN with the IoU branch, trained
+    # jointly (ImageNet weights through --weights).
+    "joint-paper": TrainConfig(recipe="joint-paper", kind="joint"),
+    # The same detector without the IoU branch: Table 3's FPN baseline.
+    "fpn-paper": TrainConfig(
+        recipe="fpn-paper", kind="joint", detector=DetectorConfig(iou_branch=False)
+    ),
     # Two CPU cores, synthetic 256 px images (as 192 px): the IoU head on the frozen FPN of the
     # detector below (pass it as backbone_from); a backbone trained from scratch on the IoU loss
     # alone does not learn enough in minutes (Pearson about 0.2 after 600 steps).
@@ -131,15 +166,31 @@ RECIPES: dict[str, TrainConfig] = {
     "detector-cpu-demo": TrainConfig(
         recipe="detector-cpu-demo",
         model=_CPU_MODEL,
-        data=DataConfig(min_size=192, max_size=192, boxes_per_image=128, num_workers=1),
-        optim=OptimConfig(
-            lr=0.02,
-            batch_size=4,
-            steps=1200,
-            lr_steps=(960,),
-            warmup_steps=50,
-            warmup_lr=0.002,
-        ),
+        data=_CPU_DETECTOR_DATA,
+        optim=_CPU_DETECTOR_OPTIM,
+        checkpoint_every=100,
+        amp=False,
+    ),
+    # The joint IoU-Net of `make demo`, from scratch on two CPU cores (boxes_per_image: the
+    # jittered boxes of the IoU branch per image).
+    "joint-cpu-demo": TrainConfig(
+        recipe="joint-cpu-demo",
+        kind="joint",
+        model=_CPU_MODEL,
+        detector=_CPU_DETECTOR,
+        data=_CPU_DETECTOR_DATA,
+        optim=_CPU_DETECTOR_OPTIM,
+        checkpoint_every=100,
+        amp=False,
+    ),
+    # Its FPN baseline: the same detector and schedule without the IoU branch.
+    "fpn-cpu-demo": TrainConfig(
+        recipe="fpn-cpu-demo",
+        kind="joint",
+        model=_CPU_MODEL,
+        detector=replace(_CPU_DETECTOR, iou_branch=False),
+        data=_CPU_DETECTOR_DATA,
+        optim=_CPU_DETECTOR_OPTIM,
         checkpoint_every=100,
         amp=False,
     ),
@@ -180,7 +231,12 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     values = {}
     for name, value in data.items():
         kind = known[name].type
-        nested = {"ModelConfig": ModelConfig, "DataConfig": DataConfig, "OptimConfig": OptimConfig}
+        nested = {
+            "ModelConfig": ModelConfig,
+            "DetectorConfig": DetectorConfig,
+            "DataConfig": DataConfig,
+            "OptimConfig": OptimConfig,
+        }
         if kind in nested:
             values[name] = _build(nested[kind], value, f"{where}.{name}")
         elif isinstance(value, list):

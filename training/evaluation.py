@@ -19,6 +19,7 @@ from torchvision.ops import box_iou
 from iounet.files import atomic_path
 from iounet.training.images import pad_images
 from iounet.training.jitter import jitter_boxes
+from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet, to_iou
 from iounet.training.trainer import step_generator
 
@@ -49,7 +50,7 @@ def pearson(x: Tensor, y: Tensor) -> float:
 
 @torch.no_grad()
 def evaluate_jittered(
-    model: IoUNet,
+    model: IoUNet | JointIoUNet,
     dataset: Sequence,
     *,
     boxes_per_image: int = 64,
@@ -57,7 +58,8 @@ def evaluate_jittered(
     seed: int = 0,
     batch_size: int = 8,
 ) -> PredictorEvaluation:
-    """Predictor quality on jittered ground-truth boxes of `dataset` (held out from training)."""
+    """Predictor quality on jittered ground-truth boxes of `dataset` (held out from training),
+    for an IoU-Net or the IoU branch of a joint IoU-Net."""
     device = next(model.parameters()).device
     model.eval()
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
@@ -80,9 +82,8 @@ def evaluate_jittered(
         rois_all = torch.cat(rois)
         if rois_all.shape[0] == 0:
             continue
-        prediction = model(
-            pad_images(images).to(device), rois_all.to(device), torch.cat(labels).to(device)
-        )
+        maps = model.backbone(pad_images(images).to(device))
+        prediction = model.head(maps, rois_all.to(device), torch.cat(labels).to(device))
         predicted.append(to_iou(prediction).cpu())
         true.append(torch.cat(ious))
     predicted_all = torch.cat(predicted) if predicted else torch.zeros(0)

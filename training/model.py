@@ -142,6 +142,30 @@ def fpn_levels(boxes: Tensor, config: ModelConfig) -> Tensor:
     return (level.clamp(2, 5) - 2).long()
 
 
+def level_rois(rois: Tensor, config: ModelConfig) -> list[Tensor]:
+    """Per FPN level, rois (K, 5) with batch index -1 where a box belongs to another level."""
+    levels = fpn_levels(rois[:, 1:], config)
+    outside = torch.full_like(rois[:, :1], -1.0)
+    return [
+        torch.cat([torch.where(levels[:, None] == level, rois[:, :1], outside), rois[:, 1:]], 1)
+        for level in range(len(FPN_STRIDES))
+    ]
+
+
+def pool_levels(maps: Sequence[Tensor], rois: Tensor, config: ModelConfig) -> Tensor:
+    """PrRoIPool of every roi (K, 5) on its FPN level of maps [P2..P5]: (K, C, size, size).
+
+    Every box is pooled on all levels with batch index -1 on the levels it does not belong to
+    (which pool to zeros with zero gradient), so there are no data-dependent shapes.
+    """
+    size = config.pool_size
+    parts = [
+        torch.ops.iounet.prroi_pool(features, part, size, size, 1.0 / stride)
+        for part, features, stride in zip(level_rois(rois, config), maps, FPN_STRIDES, strict=True)
+    ]
+    return functools.reduce(torch.add, parts)
+
+
 class IoUHead(nn.Module):
     """FPN maps [P2..P5], rois (K, 5) `[batch_index, x0, y0, x1, y1]` in image pixels, labels (K,)
     -> normalized IoU t (K,) for each box's class.
@@ -172,23 +196,11 @@ class IoUHead(nn.Module):
 
     def level_rois(self, rois: Tensor) -> list[Tensor]:
         """Per FPN level, the rois with batch index -1 where a box belongs to another level."""
-        levels = fpn_levels(rois[:, 1:], self.config)
-        outside = torch.full_like(rois[:, :1], -1.0)
-        return [
-            torch.cat([torch.where(levels[:, None] == level, rois[:, :1], outside), rois[:, 1:]], 1)
-            for level in range(len(FPN_STRIDES))
-        ]
+        return level_rois(rois, self.config)
 
     def pool(self, maps: Sequence[Tensor], rois: Tensor) -> Tensor:
         """PrRoIPool of every roi on its FPN level: (K, C, pool_size, pool_size), maps' dtype."""
-        size = self.config.pool_size
-        parts = [
-            torch.ops.iounet.prroi_pool(features, level_rois, size, size, 1.0 / stride)
-            for level_rois, features, stride in zip(
-                self.level_rois(rois), maps, FPN_STRIDES, strict=True
-            )
-        ]
-        return functools.reduce(torch.add, parts)
+        return pool_levels(maps, rois, self.config)
 
     def forward(self, maps: Sequence[Tensor], rois: Tensor, labels: Tensor) -> Tensor:
         hidden = torch.relu(self.fc1(self.pool(maps, rois).flatten(1)))

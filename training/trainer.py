@@ -12,6 +12,7 @@ import functools
 import math
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ class Trainer:
         autocast = (
             torch.autocast("cuda", enabled=self.amp) if self.amp else contextlib.nullcontext()
         )
-        with autocast:
+        with autocast, _global_generators(step_generator(config.seed, self.step, salt=3), self):
             loss = self.compute_loss(images, targets, generator)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -286,6 +287,20 @@ class Trainer:
                 dist.destroy_process_group()
         recent = sum(losses) / len(losses) if losses else math.nan
         return TrainResult(self.last_checkpoint, self.step, recent)
+
+
+@contextlib.contextmanager
+def _global_generators(generator: torch.Generator, trainer: Trainer) -> Iterator[None]:
+    """torch's global generators seeded from `generator`, restored afterwards: models that
+    sample with them (torchvision's RPN and R-CNN samplers) then draw the same in a resumed run
+    as in an uninterrupted one."""
+    seed = int(torch.randint(1 << 62, (1,), generator=generator))
+    device = trainer.device
+    with torch.random.fork_rng(
+        devices=[device] if device.type == "cuda" else [], device_type=device.type
+    ):
+        torch.manual_seed(seed)
+        yield
 
 
 def _progress(total: int, done: int, enabled: bool) -> Any:
