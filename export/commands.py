@@ -28,7 +28,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from iounet.export.manifest import GRAPH_ROLES
     from iounet.export.onnx_export import export_model
     from iounet.export.tracking_commands import export_tracking
 
@@ -41,7 +40,7 @@ def _export(args: argparse.Namespace) -> int:
     graphs = ", ".join(
         manifest.graph(role, precision).file
         for precision in manifest.precisions()
-        for role in GRAPH_ROLES
+        for role in manifest.roles()
     )
     print(f"exported {args.checkpoint} -> {args.out}: {graphs}, manifest.json")
     return 0

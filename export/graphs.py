@@ -5,6 +5,14 @@
 * ``IoUGradGraph``: the same inputs -> IoU (K,) and dIoU/dbox (K, 4), no autograd.
 * ``RefineStepGraph``: one step of Algorithm 2 (box update, new IoU and gradient, stop test).
 
+A model folder exported from a joint IoU-Net (``iounet.training.joint_model``) also holds the
+detector's two graphs:
+
+* ``ProposalGraph``: p2..p5, image_size (2,) = (height, width) before padding -> proposals
+  (P, 4), P data-dependent (proposal NMS in the graph).
+* ``DetectionGraph``: p2..p5, proposals (P, 4), image_size -> raw detections before NMS: boxes
+  (D, 4), scores (D,), labels (D,) int64, most confident first.
+
 They only name the inputs and outputs: the computation is the model's own (``IoUHead.iou``,
 ``IoUHead.iou_and_box_gradient``) and the refinement step's (``refine_step``). PrRoIPool is the
 registered op ``torch.ops.iounet.prroi_pool``, which the exporter turns into ``iounet::PrRoIPool``
@@ -17,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from iounet.export.refine_step import refine_step
+from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import FPNBackbone, IoUHead
 
 MAP_NAMES = ("p2", "p3", "p4", "p5")
@@ -103,3 +112,28 @@ class RefineStepGraph(nn.Module):
             rois[:, 1:], iou, grad, active, objective, step, early_stop, degrade_tolerance, upper
         )
         return torch.cat([rois[:, :1], boxes], dim=1), new_iou, new_grad, still
+
+
+class ProposalGraph(nn.Module):
+    """p2..p5, image_size (2,) float32 (height, width) -> proposals (P, 4) (``proposals``)."""
+
+    def __init__(self, model: JointIoUNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, p2: Tensor, p3: Tensor, p4: Tensor, p5: Tensor, image_size: Tensor) -> Tensor:
+        return self.model.proposals((p2, p3, p4, p5), image_size)
+
+
+class DetectionGraph(nn.Module):
+    """p2..p5, proposals (P, 4), image_size (2,) -> boxes (D, 4), scores (D,), labels (D,)
+    (``raw_detections``)."""
+
+    def __init__(self, model: JointIoUNet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, p2: Tensor, p3: Tensor, p4: Tensor, p5: Tensor, proposals: Tensor, image_size: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        return self.model.raw_detections((p2, p3, p4, p5), proposals, image_size)

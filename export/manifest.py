@@ -2,8 +2,9 @@
 
 ``Manifest`` is a typed, checked object: the classes (label order) with their COCO category ids,
 the feature maps (names and strides), the input convention (normalization, resize sizes, size
-divisor), the refinement settings, and per precision and graph role the file, sha256, inputs and
-outputs. Export writes it with ``save``; backends read their settings from it (never from
+divisor), the refinement settings, the detector's settings when the folder holds the detector
+(a model exported from a joint IoU-Net), and per precision and graph role the file, sha256,
+inputs and outputs. Export writes it with ``save``; backends read their settings from it (never from
 training's constants). ``load_manifest`` checks all of it against the files before anything runs.
 """
 
@@ -22,14 +23,20 @@ from iounet.export.refine_step import RefineParams
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "iounet-model"
-FORMAT_VERSION = 2
-#: The graphs of an exported model (see iounet.export.graphs), by role.
+FORMAT_VERSION = 3
+#: Versions this iounet reads (2: written before the detector graphs; it has none).
+READABLE_VERSIONS = (2, 3)
+#: The graphs of every exported model (see iounet.export.graphs), by role.
 GRAPH_ROLES = ("backbone", "head", "iou_grad", "refine_step")
-#: The outputs each box graph has, in order (the backbone's are the maps).
+#: The detector's graphs, in a folder exported from a joint IoU-Net.
+DETECTOR_ROLES = ("rpn", "box_head")
+#: The outputs each graph but the backbone has, in order (the backbone's are the maps).
 ROLE_OUTPUTS = {
     "head": ("iou",),
     "iou_grad": ("iou", "grad"),
     "refine_step": ("rois_next", "iou_next", "grad_next", "active_next"),
+    "rpn": ("proposals",),
+    "box_head": ("boxes", "scores", "labels"),
 }
 PRECISIONS = ("fp32", "fp16")
 
@@ -69,6 +76,26 @@ class InputSpec:
     dtype: str = "float32"
     color: str = "RGB"
     range: tuple[float, float] = (0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What the detector graphs (``rpn``, ``box_head``) compute, as trained and exported.
+
+    The rpn graph keeps the ``pre_nms_top_n`` most objective anchors per level, runs proposal
+    NMS at ``rpn_nms_threshold`` and returns at most ``post_nms_top_n`` proposals; the box_head
+    graph returns the ``detections_per_image`` most confident raw detections (class score above
+    ``score_threshold``), with rows of score ``padding_score`` at the end when fewer pass.
+    ``nms_threshold`` is the detector's own NMS (the FPN baseline's post-processing).
+    """
+
+    pre_nms_top_n: int
+    post_nms_top_n: int
+    rpn_nms_threshold: float
+    score_threshold: float
+    detections_per_image: int
+    nms_threshold: float
+    padding_score: float
 
 
 @dataclass(frozen=True)
@@ -135,6 +162,16 @@ class Manifest(ManifestFile):
     opset: int
     custom_opsets: dict[str, int]
     versions: dict[str, str] = field(default_factory=dict)
+    detector: DetectorSpec | None = None
+
+    @property
+    def has_detector(self) -> bool:
+        """Whether the folder holds the detector graphs (image in, boxes out)."""
+        return self.detector is not None
+
+    def roles(self) -> tuple[str, ...]:
+        """The roles of the graphs the folder holds, per precision."""
+        return GRAPH_ROLES + (DETECTOR_ROLES if self.has_detector else ())
 
     @property
     def class_names(self) -> list[str]:
@@ -189,7 +226,7 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     if verify:
         verify_graph_files(
             path,
-            [manifest.graph(role, p) for p in manifest.precisions() for role in GRAPH_ROLES],
+            [manifest.graph(role, p) for p in manifest.precisions() for role in manifest.roles()],
         )
     return manifest
 
@@ -279,10 +316,10 @@ def _parse(path: Path, data: Any) -> Manifest:
         raise read.fail("the manifest must be a JSON object")
     if data.get("format") != FORMAT:
         raise read.fail(f"format must be {FORMAT!r}, got {data.get('format')!r}")
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise read.fail(
             f"format_version {data.get('format_version')!r} is not supported "
-            f"(this iounet reads {FORMAT_VERSION}); export the model again"
+            f"(this iounet reads {list(READABLE_VERSIONS)}); export the model again"
         )
     categories = tuple(
         Category(read.get(c, "id", int, "categories[]"), read.get(c, "name", str, "categories[]"))
@@ -322,6 +359,10 @@ def _parse(path: Path, data: Any) -> Manifest:
     if refinement.step <= 0 or refinement.iterations < 0:
         raise read.fail("refinement.step must be positive and refinement.iterations >= 0")
     checkpoint = read.get(data, "checkpoint", dict)
+    detector = None
+    if data.get("detector") is not None:
+        detector = _parse_detector(read, read.get(data, "detector", dict))
+    roles = GRAPH_ROLES + (DETECTOR_ROLES if detector else ())
     return Manifest(
         folder=path.parent,
         categories=categories,
@@ -335,22 +376,47 @@ def _parse(path: Path, data: Any) -> Manifest:
             read.get(checkpoint, "sha256", str, "checkpoint"),
             read.get(checkpoint, "step", int, "checkpoint"),
         ),
-        graphs=_parse_graphs(read, read.get(data, "graphs", dict)),
+        graphs=_parse_graphs(read, read.get(data, "graphs", dict), roles),
         opset=read.positive(data, "opset"),
         custom_opsets={str(k): v for k, v in read.get(data, "custom_opsets", dict).items()},
         versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
+        detector=detector,
     )
 
 
-def _parse_graphs(read: _Reader, graphs: JSONObject) -> dict[str, dict[str, GraphEntry]]:
+def _parse_detector(read: _Reader, data: JSONObject) -> DetectorSpec:
+    where = "detector"
+    spec = DetectorSpec(
+        pre_nms_top_n=read.positive(data, "pre_nms_top_n", where),
+        post_nms_top_n=read.positive(data, "post_nms_top_n", where),
+        rpn_nms_threshold=read.number(data, "rpn_nms_threshold", where),
+        score_threshold=read.number(data, "score_threshold", where),
+        detections_per_image=read.positive(data, "detections_per_image", where),
+        nms_threshold=read.number(data, "nms_threshold", where),
+        padding_score=read.number(data, "padding_score", where),
+    )
+    for name in ("rpn_nms_threshold", "score_threshold", "nms_threshold"):
+        if not 0.0 <= getattr(spec, name) <= 1.0:
+            raise read.fail(f"detector.{name} must lie in [0, 1], got {getattr(spec, name)}")
+    if spec.padding_score >= spec.score_threshold:
+        raise read.fail("detector.padding_score must lie below detector.score_threshold")
+    return spec
+
+
+def _parse_graphs(
+    read: _Reader, graphs: JSONObject, roles: tuple[str, ...]
+) -> dict[str, dict[str, GraphEntry]]:
     if "fp32" not in graphs:
         raise read.fail("graphs must hold at least the fp32 graphs")
     parsed: dict[str, dict[str, GraphEntry]] = {}
     for precision, entries in graphs.items():
         if precision not in PRECISIONS:
             raise read.fail(f"unknown precision {precision!r} in graphs")
-        if not isinstance(entries, dict) or set(entries) != set(GRAPH_ROLES):
-            raise read.fail(f"graphs.{precision} must hold exactly {list(GRAPH_ROLES)}")
+        if not isinstance(entries, dict) or set(entries) != set(roles):
+            raise read.fail(
+                f"graphs.{precision} must hold exactly {list(roles)} (the detector's graphs "
+                "come with a detector section, and only with it)"
+            )
         parsed[precision] = {}
         for role, entry in entries.items():
             where = f"graphs.{precision}.{role}"

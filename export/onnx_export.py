@@ -1,4 +1,5 @@
-"""Checkpoint -> a model folder: the four ONNX graphs and ``manifest.json``.
+"""Checkpoint -> a model folder: the four ONNX graphs of the IoU-Net (and the detector's two
+when the checkpoint is a joint IoU-Net) and ``manifest.json``.
 
 The folder appears complete or not at all: everything is written into a temporary folder beside
 it and renamed into place; an existing folder is replaced only with ``force`` and only when it is
@@ -26,13 +27,16 @@ from iounet._version import __version__
 from iounet.export.graphs import (
     MAP_NAMES,
     BackboneGraph,
+    DetectionGraph,
     HeadGraph,
     IoUGradGraph,
+    ProposalGraph,
     RefineStepGraph,
 )
 from iounet.export.manifest import (
     Category,
     CheckpointInfo,
+    DetectorSpec,
     FeatureMap,
     GraphEntry,
     InputSpec,
@@ -47,6 +51,7 @@ from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION, TRANSLATION_
 from iounet.training.checkpoint import load_model
 from iounet.training.config import TrainConfig
 from iounet.training.images import SIZE_DIVISOR
+from iounet.training.joint_model import PADDING_SCORE, JointIoUNet
 from iounet.training.model import FPN_STRIDES, IMAGE_MEAN, IMAGE_STD, IoUNet
 
 OPSET = 20
@@ -56,6 +61,7 @@ STEP_SETTINGS = ("step", "early_stop", "degrade_tolerance")
 #: Example sizes the graphs are traced with; every one of these dimensions stays dynamic.
 _EXAMPLE_IMAGE = (224, 288)
 _EXAMPLE_BOXES = 3
+_EXAMPLE_PROPOSALS = 7
 
 
 def export_model(
@@ -66,7 +72,8 @@ def export_model(
     fp16: bool = False,
     annotations: str | os.PathLike | None = None,
 ) -> Manifest:
-    """Export the IoU-Net of `checkpoint` to the folder `out` (fp32 graphs, fp16 too if asked).
+    """Export the IoU-Net of `checkpoint` to the folder `out` (fp32 graphs, fp16 too if asked);
+    a joint IoU-Net's folder also holds its detector (the rpn and box_head graphs).
 
     `annotations` (a COCO file) gives the category id of each class; without it the ids are
     1..num_classes in the checkpoint's class order.
@@ -74,6 +81,11 @@ def export_model(
     out = Path(out)
     check_output(out, force, _is_model_folder, "model folder", folder=True)
     model, state = load_model(checkpoint)
+    if model.head is None:
+        raise ValueError(
+            f"{checkpoint} is a detector without the IoU branch (an FPN baseline): there is no "
+            "IoU-Net to export; export a joint IoU-Net (recipe joint-*) or an IoU head"
+        )
     categories = _categories(state["class_names"], annotations)
     config = TrainConfig.from_dict(state["config"])
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -102,10 +114,26 @@ def export_model(
             opset=OPSET,
             custom_opsets={DOMAIN: DOMAIN_VERSION},
             versions=_versions(),
+            detector=_detector_spec(model),
         )
         manifest.save(staging)
         load_manifest(staging)
     return load_manifest(out)
+
+
+def _detector_spec(model: IoUNet | JointIoUNet) -> DetectorSpec | None:
+    if not isinstance(model, JointIoUNet):
+        return None
+    detector = model.detector
+    return DetectorSpec(
+        pre_nms_top_n=detector.rpn_pre_nms_top_n,
+        post_nms_top_n=detector.rpn_post_nms_top_n,
+        rpn_nms_threshold=detector.rpn_nms_threshold,
+        score_threshold=detector.score_threshold,
+        detections_per_image=detector.detections_per_image,
+        nms_threshold=detector.nms_threshold,
+        padding_score=PADDING_SCORE,
+    )
 
 
 def _categories(
@@ -154,9 +182,9 @@ def _staging_folder(out: Path) -> Iterator[Path]:
 
 
 def _export_graphs(
-    model: IoUNet, folder: Path, dtype: torch.dtype, suffix: str
+    model: IoUNet | JointIoUNet, folder: Path, dtype: torch.dtype, suffix: str
 ) -> dict[str, GraphEntry]:
-    """Export the four graphs in `dtype` (boxes, labels and outputs stay float32/int64)."""
+    """Export the graphs in `dtype` (boxes, labels and box outputs stay float32/int64)."""
     image = torch.rand(1, 3, *_EXAMPLE_IMAGE)
     with torch.no_grad():
         maps = tuple(m.to(dtype) for m in model.backbone(image))
@@ -207,6 +235,27 @@ def _export_graphs(
             ["rois_next", "iou_next", "grad_next", "active_next"],
         ),
     }
+    if isinstance(model, JointIoUNet):
+        detector = copy.deepcopy(model).to(dtype).eval()
+        image_size = torch.tensor([float(_EXAMPLE_IMAGE[0] - 10), float(_EXAMPLE_IMAGE[1] - 6)])
+        with torch.no_grad():
+            # fewer than post_nms_top_n, so that no size of the trace is a setting's value
+            proposals = detector.proposals(maps, image_size).float()[:_EXAMPLE_PROPOSALS]
+        count = torch.export.Dim("P", min=1, max=1 << 16)
+        specs["rpn"] = (
+            ProposalGraph(detector),
+            (*maps, image_size),
+            (*map_dims, None),
+            [*names, "image_size"],
+            ["proposals"],
+        )
+        specs["box_head"] = (
+            DetectionGraph(detector),
+            (*maps, proposals, image_size),
+            (*map_dims, {0: count}, None),
+            [*names, "proposals", "image_size"],
+            ["boxes", "scores", "labels"],
+        )
     entries = {}
     for role, (module, inputs, dims, input_names, output_names) in specs.items():
         path = folder / f"{role}{suffix}.onnx"

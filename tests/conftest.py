@@ -49,3 +49,17 @@ def exported_model(tmp_path_factory):
     checkpoint = write_tiny_checkpoint(root / "last.pt")
     export_model(checkpoint, root / "model", fp16=True)
     return checkpoint, root / "model"
+
+
+@pytest.fixture(scope="session")
+def exported_joint_model(tmp_path_factory):
+    """(checkpoint, model folder): a tiny joint IoU-Net (detector included) exported with fp32
+    and fp16 graphs."""
+    from tiny_model import write_tiny_joint_checkpoint
+
+    from iounet.export.onnx_export import export_model
+
+    root = tmp_path_factory.mktemp("exported_joint")
+    checkpoint = write_tiny_joint_checkpoint(root / "last.pt")
+    export_model(checkpoint, root / "model", fp16=True)
+    return checkpoint, root / "model"
