@@ -33,6 +33,8 @@ class Backend(abc.ABC):
     device: torch.device = torch.device("cpu")
     #: The most boxes one call may take (a TensorRT engine's profile), or None for no limit.
     max_boxes: int | None = None
+    #: Whether the model holds the detector (``proposals`` and ``raw_detections`` run).
+    has_detector: bool = False
 
     @abc.abstractmethod
     def features(self, image: Tensor) -> Features:
@@ -47,6 +49,25 @@ class Backend(abc.ABC):
         self, features: Features, rois: Tensor, labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Unclamped IoU (K,) and its gradient w.r.t. the box corners (K, 4)."""
+
+    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+        """The detector's proposals (P, 4) of image 0 (``image_size`` = (height, width) before
+        padding), most objective first. Only on a model exported from a joint IoU-Net."""
+        raise ValueError(self._no_detector())
+
+    def raw_detections(
+        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The box head's raw detections of image 0 before NMS: boxes (D, 4), scores (D,),
+        labels (D,), most confident first, padded at the end with the manifest's padding score
+        (``iounet.training.joint_model.drop_padding``)."""
+        raise ValueError(self._no_detector())
+
+    def _no_detector(self) -> str:
+        return (
+            f"the {self.name} backend's model has no detector: export a joint IoU-Net (recipe "
+            "joint-*) to run on images alone, or pass the raw detections"
+        )
 
     def refine(
         self,

@@ -1,4 +1,5 @@
-"""Per-stage latency of the pipeline on several backends with the same image and detections."""
+"""Per-stage latency of the pipeline on several backends with the same image (and the same raw
+detections, or the model's own detector: image in, boxes out)."""
 
 from __future__ import annotations
 
@@ -11,20 +12,32 @@ from torch import Tensor
 
 from iounet.runtime.pipeline import Pipeline
 
-#: Stages in the order of the table; refine_step_0 is the IoU and gradient at the start.
-STAGES = ("backbone", "iou_head", "iou_nms", "refine", "total")
+#: Stages in the order of the table; refine_step_0 is the IoU and gradient at the start. The
+#: detector's stages (rpn, box_head) run without given detections; nms is the FPN baseline's.
+STAGES = ("backbone", "rpn", "box_head", "nms", "iou_head", "iou_nms", "refine", "total")
 PERCENTILES = (50, 90, 99)
 THROUGHPUT = "images_per_s"
 
 
 @dataclass(frozen=True)
 class BenchInputs:
-    """One image (3, H, W) and raw detections on it."""
+    """One image (3, H, W) and raw detections on it (None: the model's detector finds them)."""
 
     image: Tensor
-    boxes: Tensor
-    scores: Tensor
-    labels: Tensor
+    boxes: Tensor | None = None
+    scores: Tensor | None = None
+    labels: Tensor | None = None
+
+
+def image_inputs(image: Tensor, height: int, width: int) -> BenchInputs:
+    """`image` (3, h, w) in [0, 1] resized (bilinear) to exactly `height` x `width`, for the
+    detector to find its own detections on."""
+    if height < 32 or width < 32:
+        raise ValueError(f"the image must be at least 32x32, got {height}x{width}")
+    resized = torch.nn.functional.interpolate(
+        image[None].float(), size=(height, width), mode="bilinear", align_corners=False
+    )
+    return BenchInputs(resized[0].clamp(0, 1))
 
 
 def synthetic_inputs(
@@ -82,8 +95,9 @@ def stage_order(results: dict[str, dict]) -> list[str]:
     """The stages found in `results`, pipeline order (refinement steps before the total)."""
     found = {stage for table in results.values() for stage in table}
     steps = sorted((s for s in found if s.startswith("refine_step_")), key=lambda s: int(s[12:]))
-    ordered = [s for s in STAGES[:3] if s in found] + steps
-    return ordered + [s for s in STAGES[3:] if s in found]
+    before = STAGES.index("refine")
+    ordered = [s for s in STAGES[:before] if s in found] + steps
+    return ordered + [s for s in STAGES[before:] if s in found]
 
 
 def format_latency_table(results: dict[str, dict], baseline: str | None = None) -> str:
@@ -102,13 +116,22 @@ def format_latency_table(results: dict[str, dict], baseline: str | None = None) 
         f"{'throughput (images/s)':<24}"
         + "".join(f"{results[name]['total'][THROUGHPUT]:>24.1f}" for name in backends)
     )
-    if baseline in results:
+    if baseline in results and "refine" in results[baseline]:
         reference = results[baseline]["refine"]["p50_ms"]
         for name in backends:
-            if name != baseline:
+            if name != baseline and "refine" in results[name]:
                 mine = results[name]["refine"]["p50_ms"]
                 lines.append(
                     f"refinement {name} vs {baseline} (p50): {mine:.2f} ms vs {reference:.2f} ms "
                     f"= {reference / mine:.2f}x faster"
                 )
     return "\n".join(lines)
+
+
+def overhead_line(results: dict[str, dict], fpn: str, iounet: str) -> str:
+    """Table 4's comparison: total p50 of IoU-Net vs the FPN baseline on the same backbone."""
+    base, full = results[fpn]["total"]["p50_ms"], results[iounet]["total"]["p50_ms"]
+    return (
+        f"{iounet} vs {fpn} (total p50): {full:.1f} ms vs {base:.1f} ms "
+        f"(+{full - base:.1f} ms, {full / base:.2f}x)"
+    )

@@ -7,23 +7,40 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from iounet.runtime.image_folder import IMAGE_EXTENSIONS
 from iounet.runtime.names import BACKENDS
 
 if TYPE_CHECKING:
     from iounet.export.manifest import Manifest
+    from iounet.runtime.bench import BenchInputs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the runtime subcommands to the `iounet` parser."""
     infer = subparsers.add_parser(
-        "infer", help="IoU-guided NMS and refinement of a detector's raw detections"
+        "infer",
+        help="IoU-Net on a folder of images: the model's detector or a detector's raw detections",
+        description=(
+            "Run the pipeline on the images of --images and write COCO results with the "
+            "predicted IoU. Without --annotations every image file in the folder is used "
+            f"(extensions {', '.join(IMAGE_EXTENSIONS)}; other files are skipped and "
+            "reported) and image ids are the file names; with --annotations the images it "
+            "lists, with their COCO ids. Without --detections the model's own detector runs "
+            "(a model exported from a joint IoU-Net)."
+        ),
     )
     infer.add_argument("--model", type=Path, required=True, help="exported model folder")
     infer.add_argument("--images", type=Path, required=True, help="folder of the images")
     infer.add_argument(
-        "--annotations", type=Path, required=True, help="COCO file listing the images"
+        "--annotations",
+        type=Path,
+        help="COCO file listing the images (results then name COCO image ids)",
     )
-    infer.add_argument("--detections", type=Path, required=True, help="raw COCO results")
+    infer.add_argument(
+        "--detections",
+        type=Path,
+        help="raw COCO results of another detector (needs --annotations)",
+    )
     infer.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
     infer.add_argument("--force", action="store_true", help="replace an existing --out")
     _backend_arguments(infer, "ort")
@@ -38,7 +55,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--checkpoint", type=Path, help="the exported checkpoint (for the torch backends)"
     )
     bench.add_argument("--image-size", default=None, help="HxW (default: the model's input size)")
-    bench.add_argument("--detections", type=int, default=1000, help="raw detections per image")
+    bench.add_argument(
+        "--detections",
+        type=int,
+        help="time the post-processing of this many synthetic raw detections (default: the "
+        "model's detector on the image, FPN alone vs IoU-Net; 1000 for a model without one)",
+    )
+    bench.add_argument(
+        "--image", type=Path, help="an image file, resized to --image-size (default: random)"
+    )
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime")
@@ -82,30 +107,60 @@ def _backend_options(name: str, args: argparse.Namespace) -> dict:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    """`iounet infer`: everything that can be checked is checked before the model is opened
+    (options, --out, the detections file, the folder's images, the manifest); the output is
+    written once every image has run, or not at all."""
     from iounet.export.manifest import load_manifest
-    from iounet.files import check_output, is_coco_results, write_json
+    from iounet.files import check_output, is_coco_results
     from iounet.runtime.detections import read_detections
+    from iounet.runtime.image_folder import list_images
 
     _backend_options(args.backend, args)
+    if args.detections is not None and args.annotations is None:
+        raise ValueError(
+            "--detections needs --annotations: raw detections name COCO image ids, which the "
+            "annotations map to image files"
+        )
     check_output(args.out, args.force, is_coco_results, "COCO results file")
-    detections = read_detections(args.detections)
+    detections = read_detections(args.detections) if args.detections is not None else None
+    listing = list_images(args.images) if args.annotations is None else None
     manifest = load_manifest(args.model)
+    if detections is None and not manifest.has_detector:
+        raise ValueError(
+            f"the model has no detector ({args.model}): pass --detections, or export a "
+            "joint IoU-Net"
+        )
 
-    from iounet.runtime.inference import infer_dataset
+    from iounet.runtime.inference import (
+        coco_entries,
+        folder_entries,
+        infer_images,
+        write_results,
+    )
     from iounet.runtime.pipeline import Pipeline, open_backend
 
+    if listing is not None:
+        entries = folder_entries(listing)
+        note = listing.skipped_note()
+        if note:
+            print(note)
+    else:
+        entries = coco_entries(args.images, args.annotations, manifest)
     backend = open_backend(manifest, args.backend, **_backend_options(args.backend, args))
     pipeline = Pipeline.for_manifest(manifest, backend)
-    results = infer_dataset(pipeline, manifest, args.images, args.annotations, detections)
-    write_json(args.out, results)
-    print(
-        f"{len(detections)} raw detections -> {len(results)} after IoU-NMS and refinement "
-        f"({args.backend}) -> {args.out}"
+    count = write_results(args.out, infer_images(pipeline, manifest, entries, detections))
+    source = (
+        f"{len(detections)} raw detections"
+        if detections is not None
+        else f"{len(entries)} images (the model's detector)"
     )
+    print(f"{source} -> {count} after IoU-NMS and refinement ({args.backend}) -> {args.out}")
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from iounet.files import check_output, is_bench_table, write_json
 
     names = [name.strip() for name in args.backends.split(",") if name.strip()]
@@ -117,28 +172,71 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         check_output(args.json, args.force, is_bench_table, "bench table")
 
+    if args.detections is not None and args.detections <= 0:
+        raise ValueError(f"--detections must be positive, got {args.detections}")
+    if args.image is not None and not args.image.is_file():
+        raise FileNotFoundError(f"--image not found: {args.image}")
+
     from iounet.export.manifest import load_manifest
-    from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
-    from iounet.runtime.pipeline import Pipeline, open_backend
+    from iounet.runtime.bench import (
+        format_latency_table,
+        measure,
+        overhead_line,
+        synthetic_inputs,
+    )
+    from iounet.runtime.pipeline import Pipeline, PipelineConfig, open_backend
 
     manifest = load_manifest(args.model)
     height, width = _image_size(args.image_size, manifest)
-    inputs = synthetic_inputs(height, width, args.detections, manifest.num_classes)
+    detect = args.detections is None and manifest.has_detector
+    if detect:
+        inputs = _bench_image(args.image, height, width)
+        methods = {"FPN": "nms", "IoU-Net": "iou-nms"}
+    else:
+        count = args.detections or 1000
+        inputs = synthetic_inputs(height, width, count, manifest.num_classes)
+        if args.image is not None:
+            image = _bench_image(args.image, height, width).image
+            inputs = dataclasses.replace(inputs, image=image)
+        methods = {"": "iou-nms"}
     results = {}
     for name in names:
         backend = open_backend(manifest, name, **_backend_options(name, args))
-        results[name] = measure(
-            Pipeline.for_manifest(manifest, backend), inputs, args.warmup, args.runs
-        )
-    baseline = "torch" if "torch" in results else None
-    print(
-        f"image {height}x{width}, {args.detections} raw detections, top-100 refined, "
-        f"{args.warmup} warm-up + {args.runs} runs"
+        for title, method in methods.items():
+            config = PipelineConfig(refine=manifest.refinement, method=method)
+            pipeline = Pipeline.for_manifest(manifest, backend, config)
+            key = f"{name} {title}" if title else name
+            results[key] = measure(pipeline, inputs, args.warmup, args.runs)
+    what = (
+        "the model's detector (FPN: its NMS; IoU-Net: IoU head, IoU-NMS, refinement)"
+        if detect
+        else f"{len(inputs.boxes)} raw detections"
     )
-    print(format_latency_table(results, baseline))
+    print(
+        f"image {height}x{width}, {what}, top-100 refined, {args.warmup} warm-up + {args.runs} runs"
+    )
+    print(format_latency_table(results, "torch" if "torch" in results else None))
+    if detect:
+        for name in names:
+            print(overhead_line(results, f"{name} FPN", f"{name} IoU-Net"))
     if args.json:
         write_json(args.json, results, indent=2)
     return 0
+
+
+def _bench_image(path: Path | None, height: int, width: int) -> BenchInputs:
+    """The image of `iounet bench`: the file at `path` (or random pixels) at height x width."""
+    import torch
+
+    from iounet.runtime.bench import image_inputs
+
+    if path is None:
+        image = torch.rand((3, height, width), generator=torch.Generator().manual_seed(0))
+    else:
+        from iounet.training.images import load_image
+
+        image = load_image(path)
+    return image_inputs(image, height, width)
 
 
 def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:

@@ -1,12 +1,14 @@
 """The paper's evaluation on one set of raw detections: COCO AP after NMS, Soft-NMS, IoU-NMS
 and IoU-NMS + refinement (Tables 1-2), recall at IoU 0.5-0.95 (Fig. 7), AP per refinement
-iteration (Fig. 4) and the Pearson correlations of Fig. 2.
+iteration (Fig. 4) and the Pearson correlations of Fig. 2; and Table 3's comparison of the
+FPN baseline with the jointly trained IoU-Net (``joint_table``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +38,20 @@ from iounet.training.evaluation import (
     scatter_plot,
 )
 from iounet.training.images import SIZE_DIVISOR, pad_images
+from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
 
 METHODS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
+#: Table 3's rows: the FPN baseline with its own NMS, then the joint IoU-Net with NMS, with
+#: IoU-guided NMS, and with IoU-guided NMS + refinement.
+JOINT_ROWS = {
+    "fpn": "FPN (its own NMS)",
+    "joint_nms": "IoU-Net, joint (NMS)",
+    "joint_iou_nms": "+ IoU-NMS",
+    "joint_iou_nms_refine": "+ IoU-NMS + refinement",
+}
+#: A detector on one resized image (3, H, W): raw boxes (D, 4) in its pixels, scores, labels.
+Detector = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 AP_KEYS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 RECALL_THRESHOLDS = tuple(np.round(np.arange(0.5, 0.951, 0.05), 2).tolist())
 
@@ -66,7 +79,7 @@ class DetectionReport:
 
 @torch.no_grad()
 def evaluate_detections_table(
-    backend: Backend | IoUNet,
+    backend: Backend | IoUNet | JointIoUNet,
     dataset: CocoDetection,
     detections: list[dict],
     *,
@@ -92,7 +105,7 @@ def evaluate_detections_table(
     def parts(count: int) -> list[slice]:
         return list(chunks(count, per_call))
 
-    if isinstance(backend, IoUNet):
+    if isinstance(backend, (IoUNet, JointIoUNet)):
         backend = TorchBackend(backend, next(backend.parameters()).device)
     by_image = group_by_image(detections)
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
@@ -174,6 +187,54 @@ def evaluate_detections_table(
         predicted_iou=predicted.tolist(),
         scores=scores.tolist(),
     )
+
+
+@torch.no_grad()
+def detect_dataset(detector: Detector, dataset: CocoDetection) -> list[dict]:
+    """A detector's raw detections on every image of `dataset`, as COCO results (original
+    pixels; ``iounet detect``'s format)."""
+    results: list[dict] = []
+    for index in range(len(dataset)):
+        image, target = dataset[index]
+        boxes, scores, labels = detector(image)
+        emit = _Emitter(dataset, int(target["image_id"]), float(target["scale"]))
+        emit(results, boxes.cpu(), scores.cpu(), labels.cpu())
+    return results
+
+
+def nms_ap(
+    dataset: CocoDetection, detections: list[dict], nms_threshold: float = 0.5
+) -> dict[str, float]:
+    """COCO AP of raw detections after class-wise NMS (a detector's own post-processing)."""
+    kept: list[dict] = []
+    for items in group_by_image(detections).values():
+        boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float64).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        scores = torch.tensor([float(d["score"]) for d in items], dtype=torch.float64)
+        labels = torch.tensor([dataset.category_to_label[d["category_id"]] for d in items])
+        keep = nms(boxes, scores, labels, nms_threshold).tolist()
+        kept.extend(items[i] for i in keep)
+    return coco_ap(dataset, kept)
+
+
+def joint_table(fpn: dict[str, float], joint: DetectionReport) -> dict[str, dict[str, float]]:
+    """Table 3: the FPN baseline's AP (``nms_ap`` of its raw detections) and the joint
+    IoU-Net's AP with NMS, IoU-NMS and IoU-NMS + refinement (``evaluate_detections_table`` of
+    its raw detections), keyed as ``JOINT_ROWS``."""
+    return {
+        "fpn": fpn,
+        "joint_nms": joint.ap["nms"],
+        "joint_iou_nms": joint.ap["iou_nms"],
+        "joint_iou_nms_refine": joint.ap["iou_nms_refine"],
+    }
+
+
+def format_joint_table(table: dict[str, dict[str, float]]) -> str:
+    """Table 3 in percent, one row per ``JOINT_ROWS`` entry."""
+    lines = [f"{'method':<26}" + "".join(f"{key:>7}" for key in AP_KEYS)]
+    for key, title in JOINT_ROWS.items():
+        lines.append(f"{title:<26}" + "".join(f"{100 * table[key][k]:7.1f}" for k in AP_KEYS))
+    return "\n".join(lines)
 
 
 def _trajectory(

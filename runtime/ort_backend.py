@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from iounet.export.manifest import GRAPH_ROLES, ROLE_OUTPUTS, Manifest, load_manifest
+from iounet.export.manifest import ROLE_OUTPUTS, Manifest, load_manifest
 from iounet.runtime.backend import Backend, Features, RefineParams
 
 if TYPE_CHECKING:
@@ -25,7 +25,8 @@ DEVICES = ("cpu", "cuda")
 
 
 class OnnxRuntimeBackend(Backend):
-    """The four graphs of an exported model folder in ONNX Runtime sessions."""
+    """The graphs of an exported model folder in ONNX Runtime sessions (the detector's too when
+    the folder holds them)."""
 
     def __init__(
         self,
@@ -57,8 +58,9 @@ class OnnxRuntimeBackend(Backend):
             role: onnxruntime_session(
                 manifest.graph_path(role), sess_options=_options(threads), providers=providers
             )
-            for role in GRAPH_ROLES
+            for role in manifest.roles()
         }
+        self.has_detector = manifest.has_detector
         for role, session in self.sessions.items():
             names = [output.name for output in session.get_outputs()]
             expected = [spec.name for spec in manifest.graph(role).outputs] or list(
@@ -74,6 +76,28 @@ class OnnxRuntimeBackend(Backend):
         _check_image(image)
         maps = self.sessions["backbone"].run(None, {"image": _array(image)})
         return dict(zip(self.manifest.map_names, maps, strict=True))
+
+    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+        if not self.has_detector:
+            raise ValueError(self._no_detector())
+        feeds = {name: features[name] for name in self.manifest.map_names}
+        feeds["image_size"] = np.array(image_size, dtype=np.float32)
+        (proposals,) = self._run_graph("rpn", feeds)
+        return self._tensor(proposals)
+
+    def raw_detections(
+        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if not self.has_detector:
+            raise ValueError(self._no_detector())
+        if len(proposals) == 0:
+            empty = torch.zeros(0, device=self.device)
+            return empty.reshape(0, 4), empty, torch.zeros(0, dtype=torch.int64)
+        feeds = {name: features[name] for name in self.manifest.map_names}
+        feeds["proposals"] = _array(proposals)
+        feeds["image_size"] = np.array(image_size, dtype=np.float32)
+        boxes, scores, labels = self._run_graph("box_head", feeds)
+        return self._tensor(boxes), self._tensor(scores), self._tensor(labels)
 
     def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
         feeds = self._box_feeds(features, rois, labels)
@@ -169,13 +193,16 @@ class OnnxRuntimeBackend(Backend):
                 "memory_budget)"
             )
 
+    def _run_graph(self, role: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return self.sessions[role].run(None, feeds)
+        except Exception as error:  # ONNX Runtime raises its own exception types
+            raise RuntimeError(f"ONNX Runtime failed on the {role} graph: {error}") from error
+
     def _run(self, role: str, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
         """The session's outputs, each checked to have `rows` rows (a PrRoIPool op that could
         not compute its output returns an empty one; that is an error here, not a result)."""
-        try:
-            outputs = self.sessions[role].run(None, feeds)
-        except Exception as error:  # ONNX Runtime raises its own exception types
-            raise RuntimeError(f"ONNX Runtime failed on the {role} graph: {error}") from error
+        outputs = self._run_graph(role, feeds)
         for output in outputs:
             if output.ndim == 0 or output.shape[0] != rows:
                 raise RuntimeError(

@@ -1,4 +1,8 @@
-"""Image + a detector's raw detections -> IoU-guided NMS -> refinement -> final detections."""
+"""Image (+ raw detections of any detector) -> IoU-guided NMS -> refinement -> final detections.
+
+Without raw detections the model's own detector runs (a model folder exported from a joint
+IoU-Net): backbone -> RPN -> box head -> IoU head -> IoU-guided NMS -> refinement.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ import torch
 from torch import Tensor
 
 from iounet.export.manifest import Manifest, load_manifest
-from iounet.runtime.backend import Backend, RefineParams
+from iounet.runtime.backend import Backend, Features, RefineParams
 from iounet.runtime.budget import (
     DEFAULT_MEMORY_BUDGET,
     PAPER_BOX,
@@ -21,22 +25,31 @@ from iounet.runtime.budget import (
 )
 from iounet.runtime.detections import scale_boxes
 from iounet.runtime.names import BACKENDS
-from iounet.runtime.suppression import iou_nms
+from iounet.runtime.suppression import iou_nms, nms
 from iounet.training.images import pad_images, resize_image
 
 #: Called with (stage name, seconds) after each stage when timing is asked for.
 StageTimer = Callable[[str, float], None]
+#: Post-processing methods: IoU-Net's (IoU head, IoU-guided NMS, refinement), or the detector's
+#: own class-wise NMS on the classification scores (the FPN baseline: no IoU head).
+METHODS = ("iou-nms", "nms")
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Post-processing settings: IoU-NMS threshold, boxes refined, Algorithm 2's settings, and
-    the memory budget (bytes) of one backend call, which sets how many boxes a call takes."""
+    """Post-processing settings: the method (``METHODS``), the (IoU-)NMS threshold, boxes
+    refined, Algorithm 2's settings, and the memory budget (bytes) of one backend call, which
+    sets how many boxes a call takes."""
 
     nms_threshold: float = 0.5
     refine_top: int = 100
     refine: RefineParams = field(default_factory=RefineParams)
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    method: str = "iou-nms"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
 
 
 @dataclass
@@ -46,15 +59,18 @@ class Detections:
     boxes: Tensor  # (M, 4) x0, y0, x1, y1
     scores: Tensor  # (M,) classification scores after IoU-NMS
     labels: Tensor  # (M,) class labels (0 .. num_classes - 1)
-    ious: Tensor  # (M,) predicted IoU (after refinement for the refined boxes)
+    ious: Tensor | None  # (M,) predicted IoU (after refinement); None for the method "nms"
 
 
 class Pipeline:
-    """IoU-Net post-processing of raw detections with one backend.
+    """IoU-Net on one image with one backend: its detector or given raw detections, then the
+    IoU head, IoU-guided NMS and refinement.
 
-    ``pipeline(image, boxes, scores, labels)`` takes one RGB image (3, H, W) in its own pixels
-    (float in [0, 1], or uint8, which is divided by 255) and its raw detections (N, 4) boxes,
-    (N,) scores and (N,) integer class labels in that image's pixels. A pipeline on a model
+    ``pipeline(image)`` takes one RGB image (3, H, W) in its own pixels (float in [0, 1], or
+    uint8, which is divided by 255) and runs the model's detector (backbone, RPN, box head: a
+    model exported from a joint IoU-Net) for its raw detections; ``pipeline(image, boxes,
+    scores, labels)`` takes another detector's raw detections instead: (N, 4) boxes, (N,) scores
+    and (N,) integer class labels in that image's pixels. A pipeline on a model
     (``from_model``, ``for_manifest``) resizes the image as ``iounet infer`` does (the
     manifest's min_size / max_size, ``iounet.training.images``) and scales the boxes with it,
     clipped to the image. It returns the detections kept by IoU-guided NMS (scores as IoU-NMS
@@ -74,16 +90,20 @@ class Pipeline:
         size_divisor: int = 32,
         input_size: tuple[int, int] | None = None,
         box_bytes: int | None = None,
+        padding_score: float = -1.0,
     ) -> None:
         """`input_size` (min_size, max_size) resizes images (None: taken as they are);
         `box_bytes` is the memory one box takes in a backend call (default: the paper's
-        model's, ``iounet.runtime.budget``)."""
+        model's, ``iounet.runtime.budget``); `padding_score` marks the padding rows of the
+        detector's raw detections (the manifest's). The detector's box head takes all
+        proposals in one call (at most the manifest's post_nms_top_n)."""
         self.backend = backend
         self.num_classes = num_classes
         self.config = config or PipelineConfig()
         self.size_divisor = size_divisor
         self.input_size = input_size
         self.box_bytes = box_bytes or bytes_per_box(*PAPER_BOX)
+        self.padding_score = padding_score
         self.boxes_per_call = boxes_per_call(self.config.memory_budget, self.box_bytes)
         if getattr(backend, "max_boxes", None):  # a TensorRT engine's profile
             self.boxes_per_call = min(self.boxes_per_call, int(backend.max_boxes))
@@ -111,6 +131,7 @@ class Pipeline:
     ) -> Pipeline:
         """A pipeline with `backend` on the model `manifest` describes (its settings)."""
         config = config or PipelineConfig(refine=manifest.refinement)
+        detector = manifest.detector
         box = bytes_per_box(manifest.fpn_channels, manifest.pool_size, len(manifest.strides))
         return cls(
             backend,
@@ -119,23 +140,26 @@ class Pipeline:
             manifest.input.size_divisor,
             (manifest.input.min_size, manifest.input.max_size),
             box,
+            detector.padding_score if detector else -1.0,
         )
 
     def __call__(
         self,
         image: Tensor,
-        boxes: Tensor,
-        scores: Tensor,
-        labels: Tensor,
+        boxes: Tensor | None = None,
+        scores: Tensor | None = None,
+        labels: Tensor | None = None,
         timer: StageTimer | None = None,
     ) -> Detections:
         """The final detections of `image` in its own pixels (see the class docstring)."""
         image = _float_image(image)
         _check_inputs(image, boxes, scores, labels, self.num_classes)
+        self._check_detector(boxes)
         if self.input_size is None:
             return self._run(image, boxes, scores, labels, timer)
         resized, scale = resize_image(image, *self.input_size)
-        boxes = scale_boxes(boxes.to(torch.float32), scale, tuple(resized.shape[1:]))
+        if boxes is not None:
+            boxes = scale_boxes(boxes.to(torch.float32), scale, tuple(resized.shape[1:]))
         found = self._run(resized, boxes, scores, labels, timer)
         if scale != 1.0:
             found.boxes = found.boxes / scale
@@ -144,34 +168,71 @@ class Pipeline:
     def run_resized(
         self,
         image: Tensor,
-        boxes: Tensor,
-        scores: Tensor,
-        labels: Tensor,
+        boxes: Tensor | None = None,
+        scores: Tensor | None = None,
+        labels: Tensor | None = None,
         timer: StageTimer | None = None,
     ) -> Detections:
         """The pipeline on an image already at the model's input size, boxes in its pixels
         (what ``__call__`` does after resizing; ``iounet infer`` and ``iounet bench`` call it
         with the datasets' resized images)."""
         _check_inputs(image, boxes, scores, labels, self.num_classes)
+        self._check_detector(boxes)
         return self._run(image, boxes, scores, labels, timer)
+
+    def detect_resized(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The model's detector alone on an image at the model's input size: its raw
+        detections before NMS (boxes (D, 4) in the image's pixels, scores (D,), labels (D,)),
+        most confident first."""
+        _check_inputs(image, None, None, None, self.num_classes)
+        self._check_detector(None)
+        features = self.backend.features(pad_images([image.float()], self.size_divisor))
+        return self._detect(features, (int(image.shape[1]), int(image.shape[2])), None)
+
+    def _detect(
+        self, features: Features, size: tuple[int, int], clock: _Clock | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        backend = self.backend
+        proposals = backend.proposals(features, size)
+        if clock is not None:
+            clock("rpn")
+        boxes, scores, labels = backend.raw_detections(features, proposals, size)
+        count = int((scores > self.padding_score).sum())  # the padding rows come last
+        if clock is not None:
+            clock("box_head")
+        return boxes[:count], scores[:count], labels[:count]
+
+    def _check_detector(self, boxes: Tensor | None) -> None:
+        if boxes is None and not self.backend.has_detector:
+            raise ValueError(
+                "no raw detections given, and the model has no detector: pass boxes, scores "
+                "and labels, or export a joint IoU-Net (recipe joint-*) to run on images alone"
+            )
 
     def _run(
         self,
         image: Tensor,
-        boxes: Tensor,
-        scores: Tensor,
-        labels: Tensor,
+        boxes: Tensor | None,
+        scores: Tensor | None,
+        labels: Tensor | None,
         timer: StageTimer | None,
     ) -> Detections:
         backend, config = self.backend, self.config
         device = backend.device
         clock = _Clock(backend, timer)
-        height, width = image.shape[1:]
+        height, width = (int(v) for v in image.shape[1:])
         features = backend.features(pad_images([image.float()], self.size_divisor))
         clock("backbone")
+        if boxes is None:
+            boxes, scores, labels = self._detect(features, (height, width), clock)
         boxes = boxes.to(device, torch.float32)
         scores = scores.to(device, torch.float32)
         labels = labels.to(device, torch.int64)
+        if config.method == "nms":
+            keep = nms(boxes, scores, labels, config.nms_threshold)
+            clock("nms")
+            clock.since("total", clock.start)
+            return Detections(boxes[keep], scores[keep], labels[keep], None)
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
         per_call = self.boxes_per_call
         # Results go into tensors allocated before the calls: results kept between calls would
@@ -194,7 +255,7 @@ class Pipeline:
                     features,
                     boxes[part],
                     labels[part],
-                    (int(height), int(width)),
+                    (height, width),
                     config.refine,
                     on_step=clock.step if timer is not None else None,
                 )
@@ -249,9 +310,18 @@ def _float_image(image: Tensor) -> Tensor:
 
 
 def _check_inputs(
-    image: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor, num_classes: int
+    image: Tensor,
+    boxes: Tensor | None,
+    scores: Tensor | None,
+    labels: Tensor | None,
+    num_classes: int,
 ) -> None:
+    given = [value is not None for value in (boxes, scores, labels)]
+    if any(given) and not all(given):
+        raise ValueError("pass boxes, scores and labels together (or none: the model detects)")
     for name, value in (("image", image), ("boxes", boxes), ("scores", scores), ("labels", labels)):
+        if value is None and name != "image":
+            continue
         if not isinstance(value, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     if image.dim() != 3 or image.shape[0] != 3:
@@ -269,6 +339,8 @@ def _check_inputs(
         raise ValueError(
             f"image values must lie in [0, 1] (8-bit pixels / 255), got [{low:g}, {high:g}]"
         )
+    if boxes is None or scores is None or labels is None:
+        return
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
     count = boxes.shape[0]

@@ -11,24 +11,63 @@ from torch import Tensor
 
 from iounet.plugins import native, reference_kernels
 from iounet.runtime.backend import Backend, Features
+from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
 
 POOLS = ("pytorch", "native")
 
 
-class TorchBackend(Backend):
-    """An ``IoUNet`` in eval mode. ``pool`` picks the kernels of the PrRoIPool ops: the plain
-    PyTorch ones ("pytorch") or the native CPU kernels ("native", CPU only)."""
+class DetectorStages(Backend):
+    """The detector stages of a PyTorch model (``proposals``, ``raw_detections``) for the
+    backends that hold a ``JointIoUNet`` in ``self.model``, inside ``self._kernels()``."""
+
+    model: IoUNet | JointIoUNet
+
+    def _kernels(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    @torch.no_grad()
+    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+        if not isinstance(self.model, JointIoUNet):
+            raise ValueError(self._no_detector())
+        with self._kernels():
+            return self.model.proposals(features, self._size(image_size))
+
+    @torch.no_grad()
+    def raw_detections(
+        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        if not isinstance(self.model, JointIoUNet):
+            raise ValueError(self._no_detector())
+        with self._kernels():
+            return self.model.raw_detections(
+                features, proposals.to(self.device, torch.float32), self._size(image_size)
+            )
+
+    def _size(self, image_size: tuple[int, int]) -> Tensor:
+        return torch.tensor(image_size, dtype=torch.float32, device=self.device)
+
+
+class TorchBackend(DetectorStages):
+    """An ``IoUNet`` or a ``JointIoUNet`` (which runs the detector too) in eval mode.
+    ``pool`` picks the kernels of the PrRoIPool ops: the plain PyTorch ones ("pytorch") or the
+    native CPU kernels ("native", CPU only)."""
 
     name = "torch"
 
     def __init__(
-        self, model: IoUNet, device: str | torch.device = "cpu", pool: str = "pytorch"
+        self,
+        model: IoUNet | JointIoUNet,
+        device: str | torch.device = "cpu",
+        pool: str = "pytorch",
     ) -> None:
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        if model.head is None:
+            raise ValueError("the model has no IoU branch (an FPN baseline): nothing to run")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        self.has_detector = isinstance(model, JointIoUNet)
         self.reference = pool == "pytorch"
         if not self.reference:
             if self.device.type != "cpu":

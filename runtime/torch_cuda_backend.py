@@ -18,7 +18,9 @@ from torch import Tensor
 
 from iounet.export.refine_step import RefineParams, refine_step
 from iounet.plugins import cuda
-from iounet.runtime.backend import Backend, Features, StepHook
+from iounet.runtime.backend import Features, StepHook
+from iounet.runtime.torch_backend import DetectorStages
+from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
 
 #: Captured refinement graphs kept per backend (one per box count and map size); the oldest goes.
@@ -38,13 +40,17 @@ class _Captured:
     out_iou: Tensor
 
 
-class TorchCudaBackend(Backend):
-    """An ``IoUNet`` in eval mode on a CUDA device, PrRoIPool on the CUDA library."""
+class TorchCudaBackend(DetectorStages):
+    """An ``IoUNet`` (or a ``JointIoUNet``, detector included) in eval mode on a CUDA device,
+    PrRoIPool on the CUDA library."""
 
     name = "torch-cuda"
 
     def __init__(
-        self, model: IoUNet, device: str | torch.device = "cuda", graphs: bool = True
+        self,
+        model: IoUNet | JointIoUNet,
+        device: str | torch.device = "cuda",
+        graphs: bool = True,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type != "cuda" or not torch.cuda.is_available():
@@ -57,7 +63,10 @@ class TorchCudaBackend(Backend):
                 f"the CUDA library cannot run on {torch.cuda.get_device_name(self.device)}: "
                 "rebuild it for this GPU's architecture (make native CUDA_ARCHS=...)"
             )
+        if model.head is None:
+            raise ValueError("the model has no IoU branch (an FPN baseline): nothing to run")
         self.model = model.to(self.device).eval()
+        self.has_detector = isinstance(model, JointIoUNet)
         self.graphs = graphs
         self._captured: collections.OrderedDict[tuple, _Captured] = collections.OrderedDict()
 
