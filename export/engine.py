@@ -1,10 +1,11 @@
 """ONNX graphs of an exported model -> TensorRT engines, and the metadata that keeps them honest.
 
 ``build_engines`` writes ``DIR/engines/<precision>/<role>.engine`` for every graph of the model
-folder (the four of a detection model, the seven of a tracking model) and ``engines.json`` beside
-them: the TensorRT, plugin library and iounet versions, and per engine its optimization profile,
-the sha256 of the ONNX it was built from and of the engine file. The runtime checks that metadata
-against the model folder and its TensorRT before it loads anything.
+folder (the four of a detection model, six with the detector of a joint IoU-Net, the seven of a
+tracking model) and ``engines.json`` beside them: the TensorRT, plugin library and iounet
+versions, and per engine its optimization profile, the sha256 of the ONNX it was built from and
+of the engine file. The runtime checks that metadata against the model folder and its TensorRT
+before it loads anything.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from iounet._version import __version__
 from iounet.export.manifest import (
+    DETECTOR_ROLES,
     GRAPH_ROLES,
     PRECISIONS,
     GraphEntry,
@@ -44,6 +46,9 @@ FORMAT_VERSION = 1
 BOX_INPUTS = ("rois", "labels", "iou", "grad", "active")
 #: The same for the graphs of a tracking model (proposals, or the boxes of a refinement step).
 TRACKING_BOX_INPUTS = ("proposals", "boxes", "rel")
+#: The detector's proposals (the box_head input): 1 .. the manifest's post_nms_top_n rows,
+#: whatever ``--boxes`` says (the rpn graph returns at most that many).
+PROPOSALS = "proposals"
 
 Range = tuple[int, int, int]
 SizeRange = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -60,17 +65,22 @@ class _Graphs:
     strides: dict[str, int]  # inputs that follow the image size (the image: 1) -> their stride
     box_inputs: tuple[str, ...]  # inputs whose first dimension is the number of boxes
     precision_hint: str  # how to get graphs of a precision the folder lacks
+    counts: dict[str, Range]  # inputs whose first dimension has its own (min, opt, max)
 
 
 def _graphs(manifest: Manifest | TrackingManifest) -> _Graphs:
     if isinstance(manifest, Manifest):
+        detector = manifest.detector
         return _Graphs(
-            roles=GRAPH_ROLES,
+            roles=manifest.roles(),
             precisions=tuple(manifest.precisions()),
             graph=manifest.graph,
             strides={"image": 1, **{level.name: level.stride for level in manifest.maps}},
             box_inputs=BOX_INPUTS,
             precision_hint="export the model with `iounet export --fp16` to build fp16 engines",
+            counts={}
+            if detector is None
+            else {PROPOSALS: (1, detector.post_nms_top_n, detector.post_nms_top_n)},
         )
     from iounet.export.tracking_manifest import IOU_FEATURE_MAPS, TRACKING_ROLES
 
@@ -83,6 +93,7 @@ def _graphs(manifest: Manifest | TrackingManifest) -> _Graphs:
         strides=strides,
         box_inputs=TRACKING_BOX_INPUTS,
         precision_hint="tracking models are exported in fp32 only",
+        counts={},
     )
 
 
@@ -136,11 +147,13 @@ def engine_profiles(
 
     image: (1, 3, H, W); map p_l: (1, C, ceil(H / s), ceil(W / s)) with s its stride (tracking:
     layer2/layer3 and the IoU features feat3/feat4 of them, strides 8/16); the first dimension of
-    the box inputs: the number of boxes; every other dimension (the modulation vectors, a step's
-    settings) as the manifest has it.
+    the box inputs: the number of boxes; the first dimension of the detector's proposals (box_head):
+    1 .. the manifest's post_nms_top_n (opt: post_nms_top_n), unless the graph fixes it; every
+    other dimension (the modulation vectors, a step's settings, the detector's image_size (2,))
+    as the manifest has it.
     """
     graphs = _graphs(manifest)
-    strides, box_inputs = graphs.strides, graphs.box_inputs
+    strides, box_inputs, counts = graphs.strides, graphs.box_inputs, graphs.counts
     profiles: dict[str, Shapes] = {}
     for tensor in graphs.graph(role, precision).inputs:
         name, shape = tensor.name, list(tensor.shape)
@@ -151,6 +164,9 @@ def engine_profiles(
             profiles[name] = tuple(
                 [1, *channels, math.ceil(h / stride), math.ceil(w / stride)] for h, w in image_size
             )
+        elif name in counts and shape and not _is_size(shape[0]):
+            rest = _fixed(shape[1:], where)
+            profiles[name] = tuple([k, *rest] for k in counts[name])
         elif name in box_inputs:
             rest = _fixed(shape[1:], where)
             profiles[name] = tuple([k, *rest] for k in boxes)
@@ -160,8 +176,12 @@ def engine_profiles(
     return profiles
 
 
+def _is_size(dim: Any) -> bool:
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
+
+
 def _fixed(dims: list[Any], where: str) -> list[int]:
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+    if not all(_is_size(d) for d in dims):
         raise ValueError(f"{where} has dimensions {dims}; expected fixed positive sizes")
     return list(dims)
 
@@ -180,8 +200,8 @@ def build_engines(
     timing_cache: str | os.PathLike | None = None,
     force: bool = False,
 ) -> Path:
-    """Build the engines of an exported model (detection: four, tracking: seven) with TensorRT;
-    return their folder.
+    """Build the engines of an exported model (detection: four, six with a joint IoU-Net's
+    detector; tracking: seven) with TensorRT; return their folder.
 
     One optimization profile per engine (see ``engine_profiles``); the network is strongly typed,
     so fp16 engines come from the fp16 graphs, and fp32 engines do not use TensorFloat-32.
@@ -335,7 +355,8 @@ def load_engine_metadata(
     folder: str | os.PathLike, roles: tuple[str, ...] = GRAPH_ROLES
 ) -> dict[str, Any]:
     """The checked ``engines.json`` of an engine folder with the engines of `roles` (those of a
-    detection model unless told; ``TRACKING_ROLES`` for a tracking model)."""
+    detection model unless told; ``Manifest.roles()`` for a folder that may hold the detector,
+    ``TRACKING_ROLES`` for a tracking model)."""
     folder = Path(folder)
     path = folder / METADATA_NAME
     if not path.is_file():
@@ -480,6 +501,16 @@ def check_within_profile(
     outside = [i for i, d in enumerate(shape) if not low[i] <= d <= high[i]]
     if not outside:
         return
+    if role in DETECTOR_ROLES and name == PROPOSALS and outside == [0]:
+        count = shape[0]
+        if count > high[0]:
+            raise ValueError(
+                f"{count} proposals exceed the {role} engine's profile (max {high[0]}, the "
+                f"detector's post_nms_top_n); pass at most {high[0]}"
+            )
+        raise ValueError(
+            f"{count} proposals are fewer than the {role} engine's profile allows (min {low[0]})"
+        )
     if name in BOX_INPUTS + TRACKING_BOX_INPUTS and outside == [0]:
         count = shape[0]
         if count > high[0]:

@@ -4,11 +4,17 @@ TensorRT-RTX builds engines ahead of time without a GPU, but takes no user plugi
 the process on a PrRoIPool node. ``replace_custom_nodes`` swaps every ``iounet::PrRoIPool`` and
 ``iounet::PrRoIPoolCoordGrad`` node for a stand-in of standard ONNX ops with the node's output
 shape and dtype that depends on all of the node's inputs (so nothing upstream is dropped), and
-leaves every other node as the exporter wrote it. Run as a script, this file builds the graphs
-a job file lists (JSON: name, onnx, profile, inputs, outputs) with TensorRT-RTX, strongly typed,
-one optimization profile each, checks the parsed network's inputs and outputs (names, dtypes)
-against the manifest, and prints one line per engine; it imports only TensorRT-RTX, so the test
-runs it in a subprocess, where an abort fails the test instead of killing pytest.
+leaves every other node as the exporter wrote it. With ``nms=True`` it also swaps each
+NonMaxSuppression node (the detector's proposal NMS), which TensorRT-RTX parses into an NMS layer
+but has no implementation of ("has no runners that implement it"; full TensorRT has one), for a
+TopK stand-in with the same output type and rank.
+
+Run as a script, this file builds the graphs a job file lists (JSON: name, onnx, profile,
+inputs, outputs, and optionally ``layers``: {layer type: count} the parsed network must hold,
+and ``build``: false to stop after parsing) with TensorRT-RTX, strongly typed, one optimization
+profile each, checks the parsed network's inputs and outputs (names, dtypes) against the
+manifest, and prints one line per graph; it imports only TensorRT-RTX, so the test runs it in a
+subprocess, where an abort fails the test instead of killing pytest.
 """
 
 from __future__ import annotations
@@ -24,16 +30,21 @@ from typing import Any
 CUSTOM_DOMAIN = "iounet"
 POOL = "PrRoIPool"
 COORD_GRAD = "PrRoIPoolCoordGrad"
+NMS = "NonMaxSuppression"
 #: In the name of every node (and every new tensor but the output) of a stand-in.
 STANDIN_TAG = "__standin"
 
 
-def replace_custom_nodes(model: Any) -> tuple[Any, collections.Counter]:
-    """A copy of `model` with each iounet node replaced by its stand-in; the replaced op types.
+def replace_custom_nodes(model: Any, nms: bool = False) -> tuple[Any, collections.Counter]:
+    """A copy of `model` with each iounet node (and with `nms` each NonMaxSuppression node)
+    replaced by its stand-in; the replaced op types.
 
     The stand-in's output keeps the node's output name, so the rest of the graph is unchanged:
     PrRoIPool (features (N, C, H, W), rois (K, 5)) -> (K, C, PH, PW) in the features' dtype,
-    PrRoIPoolCoordGrad (features, rois, grad_output (K, C, PH, PW)) -> (K, 5) in the rois' dtype.
+    PrRoIPoolCoordGrad (features, rois, grad_output (K, C, PH, PW)) -> (K, 5) in the rois' dtype,
+    NonMaxSuppression (boxes (1, N, 4), scores (1, 1, N), max_output_boxes_per_class, ...) ->
+    selected_indices (M, 3) int64: [0, 0, i] for the M = min(N, max_output_boxes_per_class)
+    highest scores (TopK), keeping none out by overlap or score threshold.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -54,6 +65,10 @@ def replace_custom_nodes(model: Any) -> tuple[Any, collections.Counter]:
         return name
 
     for node in graph.node:
+        if nms and node.op_type == NMS and node.domain in ("", "ai.onnx"):
+            nodes += _nms_standin(node, constant)
+            replaced[NMS] += 1
+            continue
         if node.domain != CUSTOM_DOMAIN:
             nodes.append(node)
             continue
@@ -126,6 +141,41 @@ def replace_custom_nodes(model: Any) -> tuple[Any, collections.Counter]:
     return model, replaced
 
 
+def _nms_standin(node: Any, constant: Any) -> list[Any]:
+    """The nodes of the NonMaxSuppression stand-in (see ``replace_custom_nodes``)."""
+    from onnx import helper
+
+    boxes, scores, *rest = node.input
+    limit = rest[0] if rest and rest[0] else ""
+    (out,) = node.output
+    tag = f"{out}{STANDIN_TAG}"
+    nodes = [
+        helper.make_node("Reshape", [scores, constant(f"{tag}_flat", [-1])], [f"{tag}_scores"]),
+        helper.make_node("Shape", [f"{tag}_scores"], [f"{tag}_n"]),
+    ]
+    count = f"{tag}_n"
+    if limit:
+        nodes += [
+            helper.make_node("Reshape", [limit, constant(f"{tag}_one", [1])], [f"{tag}_limit"]),
+            helper.make_node("Min", [f"{tag}_n", f"{tag}_limit"], [f"{tag}_k"]),
+        ]
+        count = f"{tag}_k"
+    nodes += [
+        helper.make_node(
+            "TopK", [f"{tag}_scores", count], [f"{tag}_values", f"{tag}_indices"], axis=0
+        ),
+        helper.make_node(
+            "Unsqueeze", [f"{tag}_indices", constant(f"{tag}_axis", [1])], [f"{tag}_column"]
+        ),
+        helper.make_node("Sub", [f"{tag}_column", f"{tag}_column"], [f"{tag}_zero"]),
+        helper.make_node("Concat", [f"{tag}_zero", f"{tag}_zero", f"{tag}_column"], [out], axis=1),
+    ]
+    for index, added in enumerate(nodes):
+        added.name = f"{tag}_{index}"
+    del boxes  # the boxes reach the graph's output through the gather of the selected ones
+    return nodes
+
+
 def build(jobs: list[dict[str, Any]]) -> int:
     """Build every job's graph with TensorRT-RTX; print one line per engine; 0 when all built."""
     importlib.import_module("tensorrt_rtx_libs")  # loads the libraries the bindings link to
@@ -161,6 +211,18 @@ def build(jobs: list[dict[str, Any]]) -> int:
         if tensors != expected:
             print(f"FAILED {name}: network {tensors}, manifest {expected}", flush=True)
             failures += 1
+            continue
+        layers = collections.Counter(
+            network.get_layer(i).type.name for i in range(network.num_layers)
+        )
+        wanted = job.get("layers", {})
+        if any(layers[kind] != count for kind, count in wanted.items()):
+            found = {kind: layers[kind] for kind in wanted}
+            print(f"FAILED {name}: layers {found}, expected {wanted}", flush=True)
+            failures += 1
+            continue
+        if not job.get("build", True):
+            print(f"parsed {name}: {network.num_layers} layers, {dict(wanted)}", flush=True)
             continue
         config = builder.create_builder_config()
         profile = builder.create_optimization_profile()

@@ -29,9 +29,11 @@ from iounet.export.engine import (
     parse_range,
 )
 from iounet.export.manifest import (
+    DETECTOR_ROLES,
     GRAPH_ROLES,
     Category,
     CheckpointInfo,
+    DetectorSpec,
     FeatureMap,
     GraphEntry,
     InputSpec,
@@ -56,17 +58,40 @@ GRAPH_INPUTS = {
 }
 GRAPH_INPUTS["iou_grad"] = GRAPH_INPUTS["head"]
 GRAPH_INPUTS["refine_step"] = {**GRAPH_INPUTS["head"], **BOX_TENSORS, "upper": [4], **SCALARS}
+#: The detector's graphs (a model exported from a joint IoU-Net).
+DETECTOR_INPUTS = {
+    "rpn": {**{name: GRAPH_INPUTS["head"][name] for name in MAPS}, "image_size": [2]},
+    "box_head": {
+        **{name: GRAPH_INPUTS["head"][name] for name in MAPS},
+        "proposals": ["P", 4],
+        "image_size": [2],
+    },
+}
+DETECTOR = DetectorSpec(
+    pre_nms_top_n=600,
+    post_nms_top_n=300,
+    rpn_nms_threshold=0.7,
+    score_threshold=0.05,
+    detections_per_image=100,
+    nms_threshold=0.5,
+    padding_score=-1.0,
+)
+ALL_ROLES = GRAPH_ROLES + DETECTOR_ROLES
 BOXES = (1, 100, 1000)
 SIZES = ((33, 65), (100, 200), (257, 513))
 
 
-def fake_model(folder: Path, precisions: tuple[str, ...] = ("fp32",)) -> Path:
-    """A model folder whose graph files are JSON lists of inputs (what the fake parser reads)."""
+def fake_model(
+    folder: Path, precisions: tuple[str, ...] = ("fp32",), detector: bool = False
+) -> Path:
+    """A model folder whose graph files are JSON lists of inputs (what the fake parser reads);
+    with `detector`, the rpn and box_head graphs too (a joint IoU-Net's folder)."""
     folder.mkdir(parents=True)
     graphs = {}
+    roles = {**GRAPH_INPUTS, **(DETECTOR_INPUTS if detector else {})}
     for precision in precisions:
         graphs[precision] = {}
-        for role, inputs in GRAPH_INPUTS.items():
+        for role, inputs in roles.items():
             file = f"{role}.onnx" if precision == "fp32" else f"{role}.{precision}.onnx"
             network = [
                 {"name": n, "shape": [d if isinstance(d, int) else -1 for d in s]}
@@ -91,6 +116,7 @@ def fake_model(folder: Path, precisions: tuple[str, ...] = ("fp32",)) -> Path:
         graphs=graphs,
         opset=20,
         custom_opsets={"iounet": 1},
+        detector=DETECTOR if detector else None,
     ).save(folder)
     return folder
 
@@ -426,6 +452,359 @@ def test_shapes_outside_the_profile_are_refused(built, role, name, shape, messag
     assert str(error.value).startswith(message)
 
 
+# --- the detector's engines (a joint IoU-Net's folder) -----------------------------------------
+
+
+def test_detector_profiles(tmp_path):
+    manifest = load_manifest(fake_model(tmp_path / "model", detector=True))
+    head = engine_profiles(manifest, "head", BOXES, SIZES)
+    rpn = engine_profiles(manifest, "rpn", BOXES, SIZES)
+    assert set(rpn) == {*MAPS, "image_size"}
+    assert all(rpn[name] == head[name] for name in MAPS)
+    assert rpn["image_size"] == ([2], [2], [2])
+    box_head = engine_profiles(manifest, "box_head", BOXES, SIZES)
+    assert set(box_head) == {*MAPS, "proposals", "image_size"}
+    # 1 .. post_nms_top_n proposals, whatever the --boxes range.
+    assert box_head["proposals"] == ([1, 4], [300, 4], [300, 4])
+    assert box_head["image_size"] == ([2], [2], [2])
+    assert box_head["p3"] == ([1, 8, 5, 9], [1, 8, 13, 25], [1, 8, 33, 65])
+
+
+def test_profiles_keep_a_fixed_proposal_count(tmp_path):
+    """A box_head graph exported with a fixed number of proposals gets exactly that many."""
+    manifest = load_manifest(fake_model(tmp_path / "model", detector=True))
+    entry = manifest.graph("box_head")
+    inputs = tuple(
+        dataclasses.replace(t, shape=(100, 4)) if t.name == "proposals" else t for t in entry.inputs
+    )
+    manifest.graphs["fp32"]["box_head"] = dataclasses.replace(entry, inputs=inputs)
+    profile = engine_profiles(manifest, "box_head", BOXES, SIZES)
+    assert profile["proposals"] == ([100, 4], [100, 4], [100, 4])
+
+
+def test_build_writes_the_detector_engines(fake_trt, tmp_path):
+    model = fake_model(tmp_path / "model", ("fp32", "fp16"), detector=True)
+    folder = build_engines(model, "fp16", BOXES, SIZES)
+
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"{role}.engine" for role in ALL_ROLES] + ["engines.json"]
+    )
+    assert [b["file"] for b in fake_trt.builds] == [f"{role}.fp16.onnx" for role in ALL_ROLES]
+    built = dict(zip(ALL_ROLES, (b["profiles"][0] for b in fake_trt.builds), strict=True))
+    # image_size is a static (2,) input: no profile; the maps and the proposals are dynamic.
+    assert set(built["rpn"]) == set(MAPS)
+    assert set(built["box_head"]) == {*MAPS, "proposals"}
+    assert built["box_head"]["proposals"] == ([1, 4], [300, 4], [300, 4])
+    assert built["rpn"]["p2"] == ([1, 8, 9, 17], [1, 8, 25, 50], [1, 8, 65, 129])
+
+    manifest = load_manifest(model)
+    metadata = load_engine_metadata(folder, manifest.roles())
+    assert set(metadata["engines"]) == set(ALL_ROLES)
+    assert metadata["engines"]["box_head"]["profile"]["proposals"] == {
+        "min": [1, 4],
+        "opt": [300, 4],
+        "max": [300, 4],
+    }
+    assert metadata["engines"]["rpn"]["profile"]["image_size"] == {
+        "min": [2],
+        "opt": [2],
+        "max": [2],
+    }
+    for role in DETECTOR_ROLES:
+        entry = metadata["engines"][role]
+        assert entry["onnx"] == {
+            "file": f"{role}.fp16.onnx",
+            "sha256": manifest.graph(role, "fp16").sha256,
+        }
+        assert entry["sha256"] == sha256_file(folder / entry["file"])
+    check_engine_metadata(
+        metadata, tensorrt_version="10.99.1", plugin_version="0.1.0", manifest=manifest
+    )
+    # The four roles of a model without the detector are not those of this folder.
+    with pytest.raises(ValueError, match=r"engines must hold exactly \['backbone'"):
+        load_engine_metadata(folder)
+    four = {**metadata, "engines": {role: metadata["engines"][role] for role in GRAPH_ROLES}}
+    with pytest.raises(ValueError, match="the engines are not those of"):
+        check_engine_metadata(
+            four, tensorrt_version="10.99.1", plugin_version="0.1.0", manifest=manifest
+        )
+
+
+def test_a_detector_engine_of_another_export_is_refused(fake_trt, tmp_path):
+    model = fake_model(tmp_path / "model", detector=True)
+    folder = build_engines(model, "fp32", BOXES, SIZES)
+    (folder / "rpn.engine").write_bytes(b"changed")
+    manifest = load_manifest(model)
+    with pytest.raises(ValueError, match=r"rpn\.engine does not match its sha256"):
+        check_engine_metadata(
+            load_engine_metadata(folder, manifest.roles()),
+            tensorrt_version="10.99.1",
+            plugin_version="0.1.0",
+            manifest=manifest,
+        )
+
+
+@pytest.mark.parametrize(
+    ("role", "name", "shape", "message"),
+    [
+        (
+            "box_head",
+            "proposals",
+            (301, 4),
+            "301 proposals exceed the box_head engine's profile (max 300, the detector's "
+            "post_nms_top_n)",
+        ),
+        ("box_head", "proposals", (0, 4), "0 proposals are fewer than the box_head engine's"),
+        ("box_head", "proposals", (10, 5), "proposals of shape (10, 5) is outside the box_head"),
+        (
+            "rpn",
+            "p2",
+            (1, 8, 80, 17),
+            "feature map p2 size 80x17 is outside the engine's profile (min 9x17, max 65x129); "
+            "rebuild with --image-size",
+        ),
+        ("rpn", "image_size", (3,), "image_size of shape (3,) is outside the rpn engine's"),
+    ],
+)
+def test_detector_shapes_outside_the_profile_are_refused(
+    fake_trt, tmp_path, role, name, shape, message
+):
+    model = fake_model(tmp_path / "model", detector=True)
+    metadata = load_engine_metadata(build_engines(model, "fp32", BOXES, SIZES), ALL_ROLES)
+    check_within_profile(metadata, "box_head", "proposals", (300, 4))
+    check_within_profile(metadata, "box_head", "proposals", (1, 4))
+    with pytest.raises(ValueError) as error:
+        check_within_profile(metadata, role, name, shape)
+    assert str(error.value).startswith(message)
+
+
+# --- the TensorRT backend on the fake TensorRT, which runs the graphs with ONNX Runtime --------
+
+#: Image sizes of the engines of the tiny joint model (the pipeline pads to 160x192).
+JOINT_SIZES = ((64, 64), (160, 192), (224, 256))
+
+
+@pytest.fixture(scope="module")
+def joint_folder(exported_joint_model, tmp_path_factory):
+    """A copy of the tiny joint model's folder (its files linked) to build engines in."""
+    _, source = exported_joint_model
+    folder = tmp_path_factory.mktemp("joint") / "model"
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.is_file():
+            (folder / path.name).symlink_to(path)
+    return folder
+
+
+@pytest.fixture
+def fake_trt_on_cpu(fake_trt, monkeypatch):
+    """The fake TensorRT, with the TensorRT backend on the CPU (the fake reads host memory)."""
+    from iounet.runtime import trt_backend
+
+    monkeypatch.setattr(trt_backend, "_current_device", lambda: torch.device("cpu"))
+    return fake_trt
+
+
+def _joint_backend(folder: Path, precision: str = "fp32"):
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    build_engines(folder, precision, (1, 64, 256), JOINT_SIZES, force=True)
+    return TensorRTBackend(folder, precision)
+
+
+def _runs(fake: FakeTensorRT, file: str) -> list[dict]:
+    return [run for run in fake.executions if run["file"] == file]
+
+
+def test_backend_opens_the_detector_engines(fake_trt_on_cpu, joint_folder):
+    backend = _joint_backend(joint_folder)
+    assert backend.has_detector
+    assert set(backend._engines) == set(ALL_ROLES)
+    assert backend.max_boxes == 256
+    assert backend._engines["rpn"].outputs == ["proposals"]
+    assert backend._engines["box_head"].dtypes == {
+        **{name: torch.float32 for name in MAPS},
+        "proposals": torch.float32,
+        "image_size": torch.float32,
+        "boxes": torch.float32,
+        "scores": torch.float32,
+        "labels": torch.int64,
+    }
+
+
+def test_backend_without_detector_says_so(fake_trt_on_cpu, exported_model, tmp_path):
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in exported_model[1].iterdir():
+        if path.is_file():
+            (folder / path.name).symlink_to(path)
+    build_engines(folder, "fp32", (1, 64, 256), JOINT_SIZES)
+    assert [b["file"] for b in fake_trt_on_cpu.builds] == [f"{r}.onnx" for r in GRAPH_ROLES]
+    backend = TensorRTBackend(folder)
+    assert not backend.has_detector and set(backend._engines) == set(GRAPH_ROLES)
+    features = backend.features(torch.rand((1, 3, 96, 128)))
+    with pytest.raises(ValueError, match="trt backend's model has no detector"):
+        backend.proposals(features, (96, 128))
+    with pytest.raises(ValueError, match="no detector"):
+        backend.raw_detections(features, torch.zeros((1, 4)), (96, 128))
+
+
+def test_detector_through_the_fake_matches_onnxruntime(fake_trt_on_cpu, joint_folder):
+    from iounet.runtime.ort_backend import OnnxRuntimeBackend
+
+    fake = fake_trt_on_cpu
+    backend = _joint_backend(joint_folder)
+    reference = OnnxRuntimeBackend(joint_folder)
+    image = torch.rand((1, 3, 96, 128), generator=torch.Generator().manual_seed(3))
+    features = backend.features(image)
+    expected_maps = reference.features(image)
+    for name, actual in zip(MAPS, features, strict=True):
+        torch.testing.assert_close(actual, torch.from_numpy(expected_maps[name]))
+
+    proposals = backend.proposals(features, (90, 120))
+    expected = reference.proposals(expected_maps, (90, 120))
+    assert proposals.dtype == torch.float32 and proposals.device.type == "cpu"
+    assert 0 < len(proposals) <= 100 and proposals.shape == expected.shape
+    torch.testing.assert_close(proposals, expected, rtol=0, atol=0)
+    assert float(proposals[:, 2].max()) <= 120 and float(proposals[:, 3].max()) <= 90
+    # The proposals' shape depends on the data: TensorRT sized them through the allocator.
+    (rpn,) = _runs(fake, "rpn.onnx")
+    assert rpn["allocated"] == ["proposals"]
+    assert rpn["inputs"]["image_size"] == (2,) and rpn["inputs"]["p2"] == (1, 16, 24, 32)
+
+    boxes, scores, labels = backend.raw_detections(features, proposals, (90, 120))
+    ref_boxes, ref_scores, ref_labels = reference.raw_detections(expected_maps, expected, (90, 120))
+    assert labels.dtype == torch.int64 and scores.dtype == torch.float32
+    torch.testing.assert_close(boxes, ref_boxes, rtol=0, atol=0)
+    torch.testing.assert_close(scores, ref_scores, rtol=0, atol=0)
+    assert torch.equal(labels, ref_labels)
+    assert len(scores) == 100 and float(scores[0]) > DETECTOR.padding_score
+    (box_head,) = _runs(fake, "box_head.onnx")
+    assert box_head["allocated"] == []  # D follows from the input shapes: allocated beforehand
+    assert box_head["inputs"]["proposals"] == tuple(proposals.shape)
+
+    # Each call's proposals are new memory: the next call does not overwrite them.
+    kept = proposals.clone()
+    other = backend.proposals(features, (60, 70))
+    assert torch.equal(proposals, kept)
+    assert float(other[:, 2].max()) <= 70 and not torch.equal(other, kept)
+
+
+def test_fp16_rpn_through_the_fake_matches_onnxruntime(fake_trt_on_cpu, joint_folder):
+    """The fp16 engines take fp16 maps; the rpn's proposals stay float32. (ONNX Runtime's
+    PrRoIPool takes no fp16 maps, so the fp16 box_head runs on a GPU only.)"""
+    from iounet.plugins import onnxruntime_session
+
+    backend = _joint_backend(joint_folder, "fp16")
+    manifest = load_manifest(joint_folder)
+    features = backend.features(torch.rand((1, 3, 64, 96)))
+    assert all(f.dtype == torch.float16 for f in features)
+    assert backend._engines["box_head"].dtypes["proposals"] == torch.float32
+    maps = {name: f.numpy() for name, f in zip(MAPS, features, strict=True)}
+    rpn = onnxruntime_session(manifest.graph_path("rpn", "fp16"))
+    (expected,) = rpn.run(None, {**maps, "image_size": np.array([60.0, 90.0], np.float32)})
+    proposals = backend.proposals(features, (60, 90))
+    assert proposals.dtype == torch.float32 and len(proposals) > 0
+    np.testing.assert_array_equal(proposals.numpy(), expected)
+
+
+def test_no_proposals_give_no_detections_without_running_the_box_head(
+    fake_trt_on_cpu, joint_folder
+):
+    backend = _joint_backend(joint_folder)
+    features = backend.features(torch.rand((1, 3, 64, 64)))
+    boxes, scores, labels = backend.raw_detections(features, torch.zeros((0, 4)), (64, 64))
+    assert boxes.shape == (0, 4) and scores.shape == (0,) and labels.shape == (0,)
+    assert labels.dtype == torch.int64 and boxes.device == backend.device
+    assert _runs(fake_trt_on_cpu, "box_head.onnx") == []
+    with pytest.raises(ValueError, match=r"proposals must have shape \(P, 4\)"):
+        backend.raw_detections(features, torch.zeros((3, 5)), (64, 64))
+
+
+def test_images_beyond_the_detector_profiles_are_refused(fake_trt_on_cpu, joint_folder):
+    backend = _joint_backend(joint_folder)
+    with pytest.raises(ValueError, match=r"image size 256x96 is outside the engine's profile"):
+        backend.features(torch.rand((1, 3, 256, 96)))
+    features = backend.features(torch.rand((1, 3, 64, 96)))
+    with pytest.raises(
+        ValueError,
+        match=r"image size 230x90 is outside the engine's profile \(min 64x64, max 224x256.*"
+        r"rebuild with --image-size",
+    ):
+        backend.proposals(features, (230, 90))
+    with pytest.raises(ValueError, match=r"image size 60x300 is outside"):
+        backend.raw_detections(features, torch.tensor([[1.0, 2.0, 30.0, 40.0]]), (60, 300))
+    large = tuple(torch.zeros((1, 16, 2 * s, 2 * s)) for s in (64, 32, 16, 8))  # a 512x512 image
+    with pytest.raises(ValueError, match=r"feature map p2 size 128x128 is outside .* max 56x64"):
+        backend.proposals(large, (200, 200))
+    proposals = torch.tensor([[1.0, 2.0, 30.0, 40.0]]).repeat(101, 1)
+    with pytest.raises(ValueError, match=r"101 proposals exceed the box_head engine's profile"):
+        backend.raw_detections(features, proposals, (64, 96))
+    assert _runs(fake_trt_on_cpu, "rpn.onnx") == _runs(fake_trt_on_cpu, "box_head.onnx") == []
+
+
+def test_pipeline_on_images_alone_through_the_fake_matches_onnxruntime(
+    fake_trt_on_cpu, joint_folder
+):
+    from iounet.runtime.ort_backend import OnnxRuntimeBackend
+    from iounet.runtime.pipeline import Pipeline
+
+    manifest = load_manifest(joint_folder)
+    image = torch.rand((3, 96, 128), generator=torch.Generator().manual_seed(5))
+    found = Pipeline.for_manifest(manifest, _joint_backend(joint_folder))(image)
+    expected = Pipeline.for_manifest(manifest, OnnxRuntimeBackend(joint_folder))(image)
+    assert len(found.boxes) > 0 and found.boxes.shape == expected.boxes.shape
+    torch.testing.assert_close(found.boxes, expected.boxes, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(found.scores, expected.scores)
+    torch.testing.assert_close(found.ious, expected.ious, rtol=1e-4, atol=1e-4)
+    assert torch.equal(found.labels, expected.labels)
+    assert [r["file"] for r in fake_trt_on_cpu.executions][:3] == [
+        "backbone.onnx",
+        "rpn.onnx",
+        "box_head.onnx",
+    ]
+
+
+def test_output_allocator_sizes_data_dependent_outputs_even_empty(fake_trt_on_cpu, tmp_path):
+    """An engine whose output size depends on the data (NonZero) gives a new tensor of the
+    size the engine found, none of the rows when nothing is found."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from iounet.runtime.trt_backend import _Engine
+
+    graph = helper.make_graph(
+        [helper.make_node("NonZero", ["x"], ["found"])],
+        "nonzero",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N"])],
+        [helper.make_tensor_value_info("found", TensorProto.INT64, [1, "M"])],
+    )
+    path = tmp_path / "nonzero.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    trt = fake_trt_on_cpu
+    builder = trt.Builder(trt.Logger(trt.Logger.WARNING))
+    network = builder.create_network(0)
+    assert trt.OnnxParser(network, None).parse_from_file(str(path))
+    profile = builder.create_optimization_profile()
+    profile.set_shape("x", [1], [8], [16])
+    config = builder.create_builder_config()
+    config.add_optimization_profile(profile)
+    data = builder.build_serialized_network(network, config)
+    metadata = {"engines": {"nz": {"profile": {"x": {"min": [1], "opt": [8], "max": [16]}}}}}
+    nonzero = _Engine(trt, trt.Runtime(None).deserialize_cuda_engine(data), "nz", metadata)
+
+    first = nonzero.run({"x": torch.tensor([0.0, 2.0, 0.0, 5.0, 1.0])})["found"]
+    assert first.dtype == torch.int64 and first.tolist() == [[1, 3, 4]]
+    none = nonzero.run({"x": torch.zeros(4)})["found"]
+    assert none.shape == (1, 0) and none.dtype == torch.int64
+    assert first.tolist() == [[1, 3, 4]]  # not overwritten
+    assert [r["allocated"] for r in trt.executions] == [["found"], ["found"]]
+    with pytest.raises(ValueError, match=r"17 boxes|x of shape \(17,\) is outside"):
+        nonzero.run({"x": torch.zeros(17)})
+
+
 # --- command line ------------------------------------------------------------------------------
 
 
@@ -636,3 +1015,95 @@ def test_cli_without_the_plugin_library_says_how_to_build_it(monkeypatch, tmp_pa
     error = capsys.readouterr().err
     assert "absent.so" in error and "make native TENSORRT_ROOT" in error
     assert not (model / "engines" / "fp32").exists()
+
+
+@pytest.fixture(scope="module")
+def trt_joint_model(exported_joint_model, tmp_path_factory):
+    """The tiny joint IoU-Net (its folder linked) with fp32 and fp16 engines, detector included."""
+    reason = _gpu_ready()
+    if reason:
+        pytest.skip(reason)
+    _, source = exported_joint_model
+    folder = tmp_path_factory.mktemp("trt_joint") / "model"
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.is_file():
+            (folder / path.name).symlink_to(path)
+    for precision in ("fp32", "fp16"):
+        build_engines(folder, precision, GPU_BOXES, GPU_SIZES)
+    return folder
+
+
+def _matched(boxes: torch.Tensor, reference: torch.Tensor, tol: float) -> float:
+    """The share of the reference boxes with a box within `tol` pixels in `boxes`."""
+    if len(reference) == 0:
+        return 1.0
+    distance = (boxes[:, None, :] - reference[None, :, :]).abs().amax(dim=2)
+    return float((distance.amin(dim=0) <= tol).float().mean())
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize(("precision", "tol", "share"), [("fp32", 1e-2, 1.0), ("fp16", 1.0, 0.9)])
+def test_tensorrt_detector_matches_onnxruntime(trt_joint_model, precision, tol, share):
+    """The rpn and box_head engines on ONNX Runtime's fp32 maps against ONNX Runtime: the same
+    proposals (fp16: most of them, NMS may break near ties otherwise), and the same raw
+    detections of the same proposals."""
+    from iounet.runtime.ort_backend import OnnxRuntimeBackend
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    reference = OnnxRuntimeBackend(trt_joint_model)
+    backend = TensorRTBackend(trt_joint_model, precision)
+    assert backend.has_detector
+    image = torch.rand((1, 3, 96, 128), generator=torch.Generator().manual_seed(2))
+    maps = reference.features(image)
+    features = tuple(torch.from_numpy(maps[name]).cuda() for name in MAPS)
+    proposals = backend.proposals(features, (90, 120))
+    expected = reference.proposals(maps, (90, 120))
+    assert proposals.is_cuda and proposals.dtype == torch.float32 and len(expected) > 0
+    assert abs(len(proposals) - len(expected)) <= (0 if precision == "fp32" else 5)
+    assert _matched(proposals.cpu(), expected, tol) >= share
+    if precision == "fp32":
+        torch.testing.assert_close(proposals.cpu(), expected, rtol=1e-4, atol=1e-2)
+
+    boxes, scores, labels = backend.raw_detections(features, expected.cuda(), (90, 120))
+    ref_boxes, ref_scores, ref_labels = reference.raw_detections(maps, expected, (90, 120))
+    assert boxes.is_cuda and labels.dtype == torch.int64 and boxes.shape == ref_boxes.shape
+    real = ref_scores > DETECTOR.padding_score
+    assert int((scores > DETECTOR.padding_score).sum()) == pytest.approx(int(real.sum()), abs=2)
+    score_tol = 1e-4 if precision == "fp32" else 2e-2
+    sorted_scores = torch.sort(scores.cpu(), descending=True).values
+    torch.testing.assert_close(sorted_scores[real], ref_scores[real], rtol=0, atol=score_tol)
+    assert _matched(boxes.cpu()[real], ref_boxes[real], tol) >= share
+    if precision == "fp32":
+        assert torch.equal(labels.cpu(), ref_labels)
+    empty = backend.raw_detections(features, torch.zeros((0, 4), device="cuda"), (90, 120))
+    assert [tuple(t.shape) for t in empty] == [(0, 4), (0,), (0,)]
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_pipeline_on_images_alone_matches_onnxruntime(trt_joint_model):
+    from iounet.runtime.ort_backend import OnnxRuntimeBackend
+    from iounet.runtime.pipeline import Pipeline
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    manifest = load_manifest(trt_joint_model)
+    image = torch.rand((3, 96, 128), generator=torch.Generator().manual_seed(5))
+    found = Pipeline.for_manifest(manifest, TensorRTBackend(trt_joint_model))(image.cuda())
+    expected = Pipeline.for_manifest(manifest, OnnxRuntimeBackend(trt_joint_model))(image)
+    assert len(expected.boxes) > 0
+    assert abs(len(found.boxes) - len(expected.boxes)) <= 2
+    assert _matched(found.boxes.cpu(), expected.boxes, 0.5) >= 0.9
+    assert _matched(expected.boxes, found.boxes.cpu(), 0.5) >= 0.9
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+def test_tensorrt_detector_refuses_images_beyond_the_profile(trt_joint_model):
+    from iounet.runtime.trt_backend import TensorRTBackend
+
+    backend = TensorRTBackend(trt_joint_model)
+    features = backend.features(torch.rand((1, 3, 96, 128), device="cuda"))
+    with pytest.raises(ValueError, match=r"image size 200x100 is outside the engine's profile"):
+        backend.proposals(features, (200, 100))
