@@ -1,10 +1,13 @@
 """`make demo`: the whole stack on the bundled synthetic benchmark, on the CPU.
 
-Generates the data, trains the detector and IoU-Net with the CPU recipes (each step reuses what
-an earlier run left in the work folder), exports the model, runs the ONNX Runtime pipeline over
-the validation images and prints the COCO table, the Pearson figures and the latency table.
-``OUT/report.json`` holds the ``iounet eval --json`` figures plus ``latency_ms``; ``OUT/plots``
-the figures.
+Generates the data, trains the FPN baseline and the joint IoU-Net (detector and IoU branch on
+one backbone) with the CPU recipes (each step reuses what an earlier run left in the work
+folder), exports the joint IoU-Net with its detector, runs ``iounet infer`` on the validation
+images alone (the exported detector finds the boxes; ONNX Runtime), and prints Table 3 (FPN vs
+the joint IoU-Net with NMS, IoU-NMS and refinement), the Post-processing table (NMS, Soft-NMS,
+IoU-NMS, refinement on the exported detector's raw detections), the Pearson figures, the
+exported detector's parity with PyTorch and Table 4 (latency per stage, image in, boxes out).
+``OUT/report.json`` holds all of it; ``OUT/plots`` the figures.
 """
 
 from __future__ import annotations
@@ -15,11 +18,23 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iounet.export.manifest import Manifest
+    from iounet.runtime.evaluation import Detector
+    from iounet.runtime.pipeline import Pipeline
+    from iounet.training.coco_dataset import CocoDetection
+    from iounet.training.joint_model import JointIoUNet
 
 TRAIN_IMAGES = 1200
 VAL_IMAGES = 100
 IMAGE_SIZE = 256
 BENCH_DETECTIONS = 1000
+#: Table 4's image sizes besides the model's own: the paper's 800 x 1216 (padded 1200 x 800).
+LARGE_IMAGE = (800, 1216)
+#: Validation images of the parity check of the exported detector against PyTorch.
+PARITY_IMAGES = 20
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -32,37 +47,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     work, out = args.work, args.out
     data = work / "synthetic"
-    detector, predictor = work / "detector", work / "iounet"
-    detections, model = work / "val_detections.json", work / "model"
+    fpn, joint, model = work / "fpn", work / "joint", work / "model"
     val_images, val_annotations = data / "val" / "images", data / "val" / "annotations.json"
 
     if not (data / "val" / "annotations.json").is_file():
         _step("generate the synthetic benchmark", started)
         _cli("data", "synth", "--out", data, "--train", TRAIN_IMAGES, "--val", VAL_IMAGES,
              "--size", IMAGE_SIZE, "--force")  # fmt: skip
-    if not _trained(detector, "detector-cpu-demo"):
-        _step("train the detector (recipe detector-cpu-demo)", started)
-        _cli("train-detector", "--data", data, "--out", detector, "--device", "cpu",
-             "--no-progress", *_resume(detector))  # fmt: skip
-    if not _trained(predictor, "cpu-demo"):
-        _step("train IoU-Net on the detector's FPN (recipe cpu-demo)", started)
-        _cli("train", "--data", data, "--out", predictor, "--recipe", "cpu-demo",
-             "--device", "cpu", "--backbone-from", detector / "last.pt", "--no-progress",
-             *_resume(predictor))  # fmt: skip
-    if not detections.is_file():
-        _step("raw detections on the validation images", started)
-        _cli("detect", "--checkpoint", detector / "last.pt", "--images", val_images,
-             "--annotations", val_annotations, "--out", detections)  # fmt: skip
-    if not _exported_from(model, predictor / "last.pt"):
-        _step("export to ONNX", started)
-        _cli("export", predictor / "last.pt", "--out", model, "--annotations", val_annotations,
+    for folder, recipe, what in (
+        (fpn, "fpn-cpu-demo", "the FPN baseline (Faster R-CNN + FPN, PrRoIPool)"),
+        (joint, "joint-cpu-demo", "IoU-Net jointly: detector + IoU branch on one backbone"),
+    ):
+        if not _trained(folder, recipe):
+            _step(f"train {what} (recipe {recipe})", started)
+            _cli("train", "--data", data, "--out", folder, "--recipe", recipe, "--device",
+                 "cpu", "--no-progress", *_resume(folder))  # fmt: skip
+    if not _exported_from(model, joint / "last.pt"):
+        _step("export the joint IoU-Net with its detector to ONNX", started)
+        _cli("export", joint / "last.pt", "--out", model, "--annotations", val_annotations,
              "--force")  # fmt: skip
-    _step("ONNX Runtime pipeline over the validation images (iounet infer)", started)
+    _step("ONNX Runtime pipeline on the validation images alone (iounet infer)", started)
     out.mkdir(parents=True, exist_ok=True)
     _cli("infer", "--model", model, "--images", val_images, "--annotations", val_annotations,
-         "--detections", detections, "--out", out / "detections.json", "--force")  # fmt: skip
-    _step("evaluate (COCO table through ONNX Runtime) and benchmark", started)
-    report = _report(args, predictor / "last.pt", model, val_images, val_annotations, detections)
+         "--out", out / "detections.json", "--force")  # fmt: skip
+    _step("evaluate (Tables 3 and post-processing, ONNX Runtime) and benchmark", started)
+    report = _report(args, fpn / "last.pt", joint / "last.pt", model, val_images, val_annotations)
     from iounet.files import atomic_path
 
     with atomic_path(out / "report.json") as temporary:
@@ -74,21 +83,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(
     args: argparse.Namespace,
+    fpn_checkpoint: Path,
     checkpoint: Path,
     model: Path,
     images: Path,
     annotations: Path,
-    detections: Path,
 ) -> dict:
     import torch
 
     from iounet.export.manifest import load_manifest
     from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
-    from iounet.runtime.detections import read_detections
     from iounet.runtime.evaluation import (
         coco_ap,
+        detect_dataset,
         evaluate_detections_table,
+        format_joint_table,
         format_table,
+        joint_table,
+        nms_ap,
         plot_report,
     )
     from iounet.runtime.ort_backend import OnnxRuntimeBackend
@@ -105,14 +117,23 @@ def _report(
     jittered = evaluate_jittered(torch_model, dataset)
     scatter_plot(plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
 
+    ort = OnnxRuntimeBackend(manifest)
+    pipeline = Pipeline.for_manifest(manifest, ort)
+    raw = detect_dataset(pipeline.detect_resized, dataset)
     table = evaluate_detections_table(
-        OnnxRuntimeBackend(manifest),
+        ort,
         dataset,
-        read_detections(detections),
+        raw,
         refinement=manifest.refinement,
         size_divisor=manifest.input.size_divisor,
     )
+    fpn_model, _ = load_model(fpn_checkpoint)
+    fpn_raw = detect_dataset(_torch_detector(fpn_model, size.size_divisor), dataset)
+    detector = manifest.detector
+    assert detector is not None  # exported from a joint IoU-Net
+    table3 = joint_table(nms_ap(dataset, fpn_raw, detector.nms_threshold), table)
     pipeline_ap = coco_ap(dataset, json.loads((args.out / "detections.json").read_text()))
+    parity = _detector_parity(pipeline, torch_model, dataset, size.size_divisor)
     plot_report(table, plots)
 
     inputs = synthetic_inputs(size.min_size, size.min_size, BENCH_DETECTIONS, manifest.num_classes)
@@ -122,11 +143,15 @@ def _report(
             manifest, name, **({} if name == "ort" else {"checkpoint": checkpoint})
         )
         latency[name] = measure(Pipeline.for_manifest(manifest, backend), inputs, 3, args.runs)
+    table4 = _table4(args, manifest, checkpoint, dataset)
 
-    print("\nCOCO AP (%) on the validation images, ONNX Runtime backend:")
+    print("\nTable 3: COCO AP (%) on the validation images; the IoU-Net rows run the exported")
+    print("detector and IoU-Net in ONNX Runtime, the FPN baseline runs in PyTorch:")
+    print(format_joint_table(table3))
+    print("\npost-processing of the exported detector's raw detections (ONNX Runtime):")
     print(format_table(table))
     print(
-        f"iounet infer (the pipeline) output: AP {100 * pipeline_ap['AP']:.1f}, "
+        f"iounet infer (image in, boxes out) output: AP {100 * pipeline_ap['AP']:.1f}, "
         f"AP90 {100 * pipeline_ap['AP90']:.1f} (= the iou_nms_refine row)"
     )
     print(
@@ -136,8 +161,15 @@ def _report(
         f"{table.pearson['classification']:.3f} ({table.pearson['boxes']} boxes)"
     )
     print(
-        f"\nlatency, one {size.min_size}x{size.min_size} image with {BENCH_DETECTIONS} raw "
-        f"detections, top-100 refined ({torch.get_num_threads()} threads):"
+        f"\nexported detector (ONNX Runtime) vs PyTorch on {parity['images']} images: "
+        f"{parity['detections']} raw detections, counts equal: {parity['counts_equal']}, "
+        f"boxes max |diff| {parity['boxes_max_abs']:.2e} px, scores max |diff| "
+        f"{parity['scores_max_abs']:.2e}, labels equal: {parity['labels_equal']}"
+    )
+    print(
+        f"\nlatency of the post-processing alone, one {size.min_size}x{size.min_size} image "
+        f"with {BENCH_DETECTIONS} given raw detections, top-100 refined "
+        f"({torch.get_num_threads()} threads):"
     )
     print(format_latency_table(latency, "torch"))
     pearson = {
@@ -150,7 +182,84 @@ def _report(
         "pearson": pearson,
         "pipeline": pipeline_ap,
         "latency_ms": latency,
+        "table3": table3,
+        "detector_parity": parity,
+        "table4_ms": table4,
     }
+
+
+def _torch_detector(model: JointIoUNet, size_divisor: int) -> Detector:
+    """A PyTorch detector on one resized image: raw boxes, scores, labels (padding dropped)."""
+    from torch import Tensor
+
+    from iounet.training.images import pad_images
+
+    def detect(image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        size = (int(image.shape[1]), int(image.shape[2]))
+        return model.detect(pad_images([image], size_divisor), size)
+
+    return detect
+
+
+def _detector_parity(
+    pipeline: Pipeline, model: JointIoUNet, dataset: CocoDetection, divisor: int
+) -> dict:
+    """Raw detections of the exported detector vs the PyTorch model on the first images."""
+    detect = _torch_detector(model, divisor)
+    boxes_diff = scores_diff = 0.0
+    counts_equal = labels_equal = True
+    total = 0
+    count = min(PARITY_IMAGES, len(dataset))
+    for index in range(count):
+        image, _ = dataset[index]
+        exported = pipeline.detect_resized(image)
+        reference = detect(image)
+        total += len(reference[0])
+        if len(exported[0]) != len(reference[0]):
+            counts_equal = False
+            continue
+        if len(reference[0]):
+            boxes_diff = max(boxes_diff, float((exported[0] - reference[0]).abs().max()))
+            scores_diff = max(scores_diff, float((exported[1] - reference[1]).abs().max()))
+            labels_equal &= bool((exported[2] == reference[2]).all())
+    return {
+        "images": count,
+        "detections": total,
+        "counts_equal": counts_equal,
+        "boxes_max_abs": boxes_diff,
+        "scores_max_abs": scores_diff,
+        "labels_equal": labels_equal,
+    }
+
+
+def _table4(
+    args: argparse.Namespace, manifest: Manifest, checkpoint: Path, dataset: CocoDetection
+) -> dict:
+    """Table 4: latency per stage from image to final boxes, FPN alone (its NMS) vs IoU-Net on
+    the same backbone, for the model's image size and 800 x 1216, ONNX Runtime and PyTorch."""
+    from iounet.runtime.bench import format_latency_table, image_inputs, measure, overhead_line
+    from iounet.runtime.pipeline import Pipeline, PipelineConfig, open_backend
+
+    image, _ = dataset[0]
+    tables = {}
+    small = manifest.input.min_size
+    for height, width in ((small, small), LARGE_IMAGE):
+        inputs = image_inputs(image, height, width)
+        runs = args.runs if height == small else max(2, args.runs // 5)
+        results = {}
+        for name in ("ort", "torch-native"):
+            options = {} if name == "ort" else {"checkpoint": checkpoint}
+            backend = open_backend(manifest, name, **options)
+            for method, title in (("nms", "FPN"), ("iou-nms", "IoU-Net")):
+                config = PipelineConfig(refine=manifest.refinement, method=method)
+                pipeline = Pipeline.for_manifest(manifest, backend, config)
+                results[f"{name} {title}"] = measure(pipeline, inputs, 1, runs)
+        print(f"\nTable 4: latency per stage, image in ({height}x{width}), boxes out, {runs} runs:")
+        print(format_latency_table(results))
+        for name in ("ort", "torch-native"):
+            print(overhead_line(results, f"{name} FPN", f"{name} IoU-Net"))
+        tables[f"{height}x{width}"] = results
+    return tables
 
 
 def _trained(folder: Path, recipe: str) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 
-from tiny_model import write_tiny_checkpoint
+from tiny_model import write_tiny_checkpoint, write_tiny_joint_checkpoint
 
 from iounet.demo import _exported_from, _trained
 from iounet.training.config import RECIPES
@@ -32,7 +32,8 @@ def test_an_export_is_reused_only_for_its_own_checkpoint(exported_model, tmp_pat
 
 
 def test_the_demo_runs_from_trained_models_to_the_report(tmp_path, capsys):
-    """`make demo` after its trainings (tiny stand-ins): export, infer, evaluation, benchmark."""
+    """`make demo` after its trainings (tiny stand-ins): export of the joint IoU-Net with its
+    detector, infer on the images alone, Tables 3 and 4, evaluation, parity, benchmark."""
     import json
 
     from iounet.demo import main
@@ -41,18 +42,25 @@ def test_the_demo_runs_from_trained_models_to_the_report(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "out"
     data = work / "synthetic"
     generate_synthetic_dataset(data, train=1, val=2, size=64, seed=3)
-    for name, recipe in (("detector", "detector-cpu-demo"), ("iounet", "cpu-demo")):
-        write_tiny_checkpoint(work / name / "last.pt", step=RECIPES[recipe].optim.steps)
-    annotations = json.loads((data / "val" / "annotations.json").read_text())
-    detections = [
-        {"image_id": a["image_id"], "category_id": a["category_id"], "score": 0.9,
-         "bbox": [v + 1.0 for v in a["bbox"][:2]] + a["bbox"][2:]}
-        for a in annotations["annotations"]
-    ]  # fmt: skip
-    (work / "val_detections.json").write_text(json.dumps(detections))
+    steps = RECIPES["joint-cpu-demo"].optim.steps
+    write_tiny_joint_checkpoint(work / "joint" / "last.pt", step=steps)
+    write_tiny_joint_checkpoint(work / "fpn" / "last.pt", seed=1, step=steps, iou_branch=False)
     assert main(["--work", str(work), "--out", str(out), "--runs", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["latency_ms"]) == {"torch", "torch-native", "ort"}
     assert report["pipeline"]["AP"] == report["iou_nms_refine"]["AP"]
+    assert set(report["table3"]) == {"fpn", "joint_nms", "joint_iou_nms", "joint_iou_nms_refine"}
+    assert report["table3"]["joint_iou_nms"] == report["iou_nms"]
+    parity = report["detector_parity"]
+    assert parity["counts_equal"] and parity["labels_equal"] and parity["detections"] > 0
+    assert parity["boxes_max_abs"] < 1e-2 and parity["scores_max_abs"] < 1e-4
+    for size in ("192x192", "800x1216"):
+        table = report["table4_ms"][size]
+        assert set(table) == {"ort FPN", "ort IoU-Net", "torch-native FPN", "torch-native IoU-Net"}
+        assert "iou_head" in table["ort IoU-Net"] and "iou_head" not in table["ort FPN"]
+        assert table["ort FPN"]["rpn"]["p50_ms"] > 0
+    found = json.loads((out / "detections.json").read_text())
+    assert found and all(isinstance(entry["image_id"], int) for entry in found)
     printed = capsys.readouterr().out
-    assert "COCO AP (%)" in printed and "refinement ort vs torch (p50)" in printed
+    for line in ("Table 3", "Table 4", "refinement ort vs torch (p50)", "IoU-Net vs ort FPN"):
+        assert line in printed
