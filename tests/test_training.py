@@ -82,6 +82,29 @@ def test_interrupt_leaves_the_last_checkpoint_intact(data, tmp_path, monkeypatch
     assert [p.name for p in (tmp_path / "run").iterdir()] == ["last.pt"]
 
 
+def test_a_diverging_run_stops_before_writing_a_checkpoint(data, tmp_path, monkeypatch, capsys):
+    trainer = Trainer(data, tmp_path / "run", TINY)
+    trainer.run(progress=False, until=2)
+    saved = load_checkpoint(tmp_path / "run" / "last.pt")
+    original = Trainer.compute_loss
+
+    def diverging(self, images, targets, generator):
+        loss = original(self, images, targets, generator)
+        return loss * float("nan") if self.step == 3 else loss
+
+    monkeypatch.setattr(Trainer, "compute_loss", diverging)
+    with pytest.raises(FloatingPointError, match="diverged at step 3"):
+        trainer.run(progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["step"] == 2 and state["tensor_sha256"] == saved["tensor_sha256"]
+    config = tmp_path / "tiny.toml"
+    config.write_text(_tiny_toml(batch_size=2, steps=4, lr_step=3))
+    arguments = ["train", "--data", str(data), "--out", str(tmp_path / "cli"), "--config"]
+    assert main([*arguments, str(config), "--no-progress"]) == 1
+    assert "diverged at step 3" in capsys.readouterr().err
+    assert load_checkpoint(tmp_path / "cli" / "last.pt")["step"] == 2
+
+
 def test_batches_cover_every_image_each_epoch_and_split_over_processes():
     batches = StepBatches(size=10, batch_size=5, seed=3)
     epoch = sorted(batches.indices(0) + batches.indices(1))

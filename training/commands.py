@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -105,6 +106,9 @@ def _run_training(
             f"interrupted at step {trainer.step}; the last checkpoint is {trainer.last_checkpoint}"
         )
         return 130
+    except FloatingPointError as error:
+        print(f"iounet train: {error}", file=sys.stderr)
+        return 1
     print(
         f"step {result.step}: recent loss {result.recent_loss:.4f}; checkpoint {result.checkpoint}"
     )

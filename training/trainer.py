@@ -249,6 +249,12 @@ class Trainer:
         )
         with autocast, _global_generators(step_generator(config.seed, self.step, salt=3), self):
             loss = self.compute_loss(images, targets, generator)
+        if not self.amp and not bool(torch.isfinite(loss.detach())):
+            # (with AMP the gradient scaler skips such steps and lowers its scale)
+            raise FloatingPointError(
+                f"training diverged at step {self.step} (loss {float(loss)}): lower the learning "
+                f"rate or the loss weights; {self.last_checkpoint} holds the last checkpoint"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
