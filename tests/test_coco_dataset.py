@@ -101,6 +101,19 @@ def test_resize_scales_image_and_boxes_by_one_factor(files, min_size, max_size, 
     assert int(target["image_id"]) == 10
 
 
+@pytest.mark.parametrize(("min_size", "max_size"), [(100, 1000), (37, 1000), (300, 450)])
+def test_images_are_the_pixels_the_api_and_infer_see(files, min_size, max_size):
+    """One loader and one resize for training, evaluation, the API and `iounet infer`: an item's
+    image is load_image of its file resized by resize_image, bit for bit."""
+    from iounet.training.images import load_image, resize_image
+
+    dataset = _dataset(files, min_size=min_size, max_size=max_size)
+    for image_id, info in zip((10, 30), (IMAGES[0], IMAGES[2]), strict=True):
+        image, _ = _item(dataset, image_id)
+        expected, _ = resize_image(load_image(files[0] / info["file_name"]), min_size, max_size)
+        assert torch.equal(image, expected)
+
+
 def test_resized_content_moves_with_the_boxes(tmp_path):
     """A sharp edge at x = 50 of a 61 x 20 image lands at 50 * 1.5 = 75 after resizing to 91 x 30
     (per-axis factors 91/61 and 30/20 would put it at 74.6)."""

@@ -24,7 +24,6 @@ from iounet.training.images import (
     is_wide,
     resize_image,
     resized_shape,
-    source_region,
     wide_to_tensor,
 )
 
@@ -175,14 +174,14 @@ class CocoDetection(Dataset):
 
     def _item(self, record: _Record, image: Image.Image) -> tuple[Tensor, dict[str, Tensor]]:
         scale, height, width = self.resized_shape(record.height, record.width)
-        if is_wide(image):  # 16-bit: resized in float, never clipped to 8 bits
-            pixels, _ = resize_image(wide_to_tensor(image), self.min_size, self.max_size)
+        # the pixels load_image gives (16-bit images never clipped to 8 bits), resized in float
+        # by resize_image: what the API and `iounet infer` do with the same file
+        if is_wide(image):
+            pixels = wide_to_tensor(image)
         else:
-            if scale != 1.0:
-                region = source_region(record.height, record.width, scale, (height, width))
-                image = image.resize((width, height), Image.Resampling.BILINEAR, box=region)
             pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
             pixels = pixels.to(torch.float32).div_(255.0)
+        pixels, _ = resize_image(pixels, self.min_size, self.max_size)
         boxes, keep = _resize_boxes(record.boxes, scale, height, width)
         crowd_boxes, _ = _resize_boxes(record.crowd_boxes, scale, height, width)
         target = {
