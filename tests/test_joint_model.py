@@ -209,3 +209,25 @@ def test_cli_trains_a_joint_model_by_its_recipe_kind(data, tmp_path):
     state = load_checkpoint(out / "last.pt")
     assert state["step"] == 2 and state["architecture"]["kind"] == "joint"
     assert state["architecture"]["detector"]["rpn_batch_size"] == 16
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_joint_model(data, tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(
+        'recipe = "joint-cpu-demo"\n'
+        "[model]\nfpn_channels = 8\nhead_dim = 16\n"
+        "[detector]\nrpn_batch_size = 16\nbox_batch_size = 16\n"
+        "rpn_pre_nms_top_n_train = 50\nrpn_post_nms_top_n_train = 20\n"
+        "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 4\nnum_workers = 0\n"
+        "[optim]\nbatch_size = 4\nsteps = 3\nwarmup_steps = 1\nlr_steps = [2]\n"
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [str(torchrun), "--nproc-per-node", "2", "-m", "iounet.cli", "train"]
+    command += ["--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]
+    subprocess.run([*command, "--no-progress"], check=True, capture_output=True, timeout=300)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["step"] == 3 and state["architecture"]["kind"] == "joint"
