@@ -139,18 +139,19 @@ def holds_only(*suffixes: str) -> Callable[[Path], bool]:
 
 def write_json(path: str | os.PathLike, value: Any, indent: int | None = None) -> None:
     """Write `value` as strict JSON, atomically: NaN and infinities (not JSON) become null."""
-    text = json.dumps(_finite(value), indent=indent, allow_nan=False)
+    text = json.dumps(json_safe(value), indent=indent, allow_nan=False)
     with atomic_path(path) as temporary:
         temporary.write_text(text + ("\n" if indent is not None else ""))
 
 
-def _finite(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float (not JSON) replaced by None, tuples as lists."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: json_safe(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [json_safe(item) for item in value]
     return value
 
 

@@ -11,18 +11,15 @@ has run.
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from iounet.export.manifest import Manifest
-from iounet.files import atomic_path
-from iounet.runtime.detections import check_known, group_by_image
+from iounet.files import atomic_path, json_safe
+from iounet.runtime.detections import check_known, group_by_image, image_tensors
 from iounet.runtime.image_folder import ImageListing
 from iounet.runtime.pipeline import Detections, Pipeline
 
@@ -110,7 +107,8 @@ def _run(
     label_of = {category: label for label, category in enumerate(category_ids)}
     for entry in entries:
         image = load_image(entry.path)
-        if entry.size is not None and tuple(image.shape[1:]) != entry.size:
+        size = (int(image.shape[1]), int(image.shape[2]))
+        if entry.size is not None and size != entry.size:
             raise ValueError(
                 f"image {entry.path} is {image.shape[2]}x{image.shape[1]} pixels but its "
                 f"annotation says {entry.size[1]}x{entry.size[0]}"
@@ -118,25 +116,10 @@ def _run(
         if by_image is None:
             found = pipeline(image)
         else:
-            found = pipeline(image, *_raw_tensors(by_image[int(entry.image_id)], label_of))
+            raw = image_tensors(by_image[int(entry.image_id)], 1.0, size, label_of)
+            found = pipeline(image, *raw)
         del image
         yield coco_results(entry.image_id, found, category_ids)
-
-
-def infer_dataset(
-    pipeline: Pipeline,
-    manifest: Manifest,
-    images: str | os.PathLike,
-    annotations: str | os.PathLike,
-    detections: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """COCO results of the images a COCO file lists (``infer_images`` on ``coco_entries``)."""
-    entries = coco_entries(images, annotations, manifest)
-    return [
-        result
-        for results in infer_images(pipeline, manifest, entries, detections)
-        for result in results
-    ]
 
 
 def coco_results(
@@ -174,29 +157,7 @@ def write_results(path: str | os.PathLike, per_image: Iterable[list[dict[str, An
         file.write("[")
         for results in per_image:
             for result in results:
-                file.write((", " if count else "") + json.dumps(_finite(result), allow_nan=False))
+                file.write((", " if count else "") + json.dumps(json_safe(result), allow_nan=False))
                 count += 1
         file.write("]")
     return count
-
-
-def _raw_tensors(
-    items: list[dict[str, Any]], label_of: dict[int, int]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One image's raw detections as boxes (N, 4) x0, y0, x1, y1 in its own pixels, scores
-    and labels."""
-    boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float32).reshape(-1, 4)
-    boxes[:, 2:] += boxes[:, :2]
-    scores = torch.tensor([float(d["score"]) for d in items], dtype=torch.float32)
-    labels = torch.tensor([label_of[int(d["category_id"])] for d in items], dtype=torch.int64)
-    return boxes, scores, labels
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_finite(item) for item in value]
-    return value

@@ -92,7 +92,8 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(self._no_detector())
         if len(proposals) == 0:
             empty = torch.zeros(0, device=self.device)
-            return empty.reshape(0, 4), empty, torch.zeros(0, dtype=torch.int64)
+            labels = torch.zeros(0, dtype=torch.int64, device=self.device)
+            return empty.reshape(0, 4), empty, labels
         feeds = {name: features[name] for name in self.manifest.map_names}
         feeds["proposals"] = _array(proposals)
         feeds["image_size"] = np.array(image_size, dtype=np.float32)

@@ -191,18 +191,24 @@ def test_a_joint_model_refuses_a_backbone_source(data, tmp_path):
         JointTrainer(data, tmp_path / "run", config)
 
 
-def test_cli_trains_a_joint_model_by_its_recipe_kind(data, tmp_path):
-    from iounet.cli import main
-
-    config = tmp_path / "tiny.toml"
-    config.write_text(
+def _tiny_toml(batch_size: int, steps: int, lr_step: int) -> str:
+    """A TOML config of a tiny joint IoU-Net run."""
+    return (
         'recipe = "joint-cpu-demo"\n'
         "[model]\nfpn_channels = 8\nhead_dim = 16\n"
         "[detector]\nrpn_batch_size = 16\nbox_batch_size = 16\n"
         "rpn_pre_nms_top_n_train = 50\nrpn_post_nms_top_n_train = 20\n"
         "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 4\nnum_workers = 0\n"
-        "[optim]\nbatch_size = 2\nsteps = 2\nwarmup_steps = 1\nlr_steps = [1]\n"
+        f"[optim]\nbatch_size = {batch_size}\nsteps = {steps}\nwarmup_steps = 1\n"
+        f"lr_steps = [{lr_step}]\n"
     )
+
+
+def test_cli_trains_a_joint_model_by_its_recipe_kind(data, tmp_path):
+    from iounet.cli import main
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(_tiny_toml(batch_size=2, steps=2, lr_step=1))
     out = tmp_path / "run"
     arguments = ["train", "--data", str(data), "--out", str(out), "--config", str(config)]
     assert main([*arguments, "--no-progress", "--device", "cpu"]) == 0
@@ -217,14 +223,7 @@ def test_torchrun_two_processes_train_one_joint_model(data, tmp_path):
     import sys
 
     config = tmp_path / "tiny.toml"
-    config.write_text(
-        'recipe = "joint-cpu-demo"\n'
-        "[model]\nfpn_channels = 8\nhead_dim = 16\n"
-        "[detector]\nrpn_batch_size = 16\nbox_batch_size = 16\n"
-        "rpn_pre_nms_top_n_train = 50\nrpn_post_nms_top_n_train = 20\n"
-        "[data]\nmin_size = 64\nmax_size = 64\nboxes_per_image = 4\nnum_workers = 0\n"
-        "[optim]\nbatch_size = 4\nsteps = 3\nwarmup_steps = 1\nlr_steps = [2]\n"
-    )
+    config.write_text(_tiny_toml(batch_size=4, steps=3, lr_step=2))
     torchrun = Path(sys.executable).with_name("torchrun")
     command = [str(torchrun), "--nproc-per-node", "2", "-m", "iounet.cli", "train"]
     command += ["--data", str(data), "--out", str(tmp_path / "run"), "--config", str(config)]
