@@ -96,7 +96,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError(f"{path} is not a readable iounet checkpoint: {error}") from error
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"{path} is not a readable iounet checkpoint: {first}") from error
     if not isinstance(state, dict):
         raise ValueError(f"{path} is not an iounet checkpoint: it holds no dictionary")
     missing = {"model", "architecture", "class_names", "config", "step"} - set(state)

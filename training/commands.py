@@ -24,8 +24,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train = subparsers.add_parser(
         "train", help="train the IoU predictor, or the joint IoU-Net detector"
     )
-    _training_arguments(train, "paper, cpu-demo, joint-paper, joint-cpu-demo, fpn-*")
+    _training_arguments(train, "paper, cpu-demo, joint-paper, joint-cpu-demo, fpn-*, iou-branch-*")
     train.add_argument("--weights", type=Path, help="local ImageNet weights of the ResNet body")
+    train.add_argument(
+        "--from",
+        dest="detector_from",
+        type=Path,
+        help="joint or FPN checkpoint whose IoU branch an iou-branch-* recipe trains (frozen)",
+    )
     train.add_argument(
         "--backbone-from", type=Path, help="detector checkpoint whose FPN backbone to start from"
     )
@@ -33,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     detector = subparsers.add_parser("train-detector", help="train the Faster R-CNN detector")
     _training_arguments(detector, "detector-cpu-demo")
-    detector.set_defaults(run=_train_detector, weights=None, backbone_from=None)
+    detector.set_defaults(run=_train_detector, weights=None, backbone_from=None, detector_from=None)
 
     detect = subparsers.add_parser("detect", help="write a detector's raw (pre-NMS) detections")
     detect.add_argument("--checkpoint", type=Path, required=True, help="detector checkpoint")
@@ -51,6 +57,7 @@ def _training_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:
     parser.add_argument("--config", type=Path, help="TOML file of overrides")
     parser.add_argument("--recipe", help=f"{recipes} (default: the config's)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.pt")
+    parser.add_argument("--seed", type=int, help="seed of the run (default: the config's)")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if present)")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -85,11 +92,19 @@ def _run_training(
     from iounet.training.config import load_config
 
     config = load_config(args.config, args.recipe or (None if args.config else default_recipe))
+    if args.detector_from:
+        if config.kind != "iou-branch":
+            raise ValueError(f"--from is for iou-branch-* recipes, not kind {config.kind!r}")
+        config = replace(config, detector_from=str(args.detector_from))
     if trainer_class is None:
         if config.kind == "joint":
             from iounet.training.joint_trainer import JointTrainer as trainer_class
+        elif config.kind == "iou-branch":
+            from iounet.training.iou_branch_trainer import IoUBranchTrainer as trainer_class
         else:
             from iounet.training.trainer import Trainer as trainer_class
+    if args.seed is not None:
+        config = replace(config, seed=args.seed)
     if args.backbone_from:
         config = replace(config, backbone_from=str(args.backbone_from))
     if (args.out / LAST_NAME).exists() and not args.resume:

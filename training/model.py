@@ -155,10 +155,23 @@ def level_rois(rois: Tensor, config: ModelConfig) -> list[Tensor]:
 def pool_levels(maps: Sequence[Tensor], rois: Tensor, config: ModelConfig) -> Tensor:
     """PrRoIPool of every roi (K, 5) on its FPN level of maps [P2..P5]: (K, C, size, size).
 
-    Every box is pooled on all levels with batch index -1 on the levels it does not belong to
-    (which pool to zeros with zero gradient), so there are no data-dependent shapes.
+    What export traces pools every box on all levels with batch index -1 on the levels it does
+    not belong to (which pool to zeros with zero gradient), so the graphs have no data-dependent
+    shapes. Run eagerly, each level pools only its own boxes: the same values (a sum with three
+    zeros is exact) for a quarter of the work.
     """
     size = config.pool_size
+    if not (torch.compiler.is_compiling() or torch.jit.is_tracing()):
+        levels = fpn_levels(rois[:, 1:], config)
+        pooled: Tensor | None = None
+        for level, (features, stride) in enumerate(zip(maps, FPN_STRIDES, strict=True)):
+            index = (levels == level).nonzero().squeeze(1)
+            part = torch.ops.iounet.prroi_pool(features, rois[index], size, size, 1.0 / stride)
+            if pooled is None:
+                pooled = part.new_zeros((rois.shape[0], *part.shape[1:]))
+            pooled = pooled.index_copy(0, index, part)
+        assert pooled is not None
+        return pooled
     parts = [
         torch.ops.iounet.prroi_pool(features, part, size, size, 1.0 / stride)
         for part, features, stride in zip(level_rois(rois, config), maps, FPN_STRIDES, strict=True)

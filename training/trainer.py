@@ -11,8 +11,7 @@ import contextlib
 import functools
 import math
 import os
-import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from iounet.progress import Progress
 from iounet.training.checkpoint import LAST_NAME, check_compatible, load_checkpoint, save_checkpoint
 from iounet.training.coco_dataset import CocoDetection, collate
 from iounet.training.config import TrainConfig
@@ -158,16 +158,19 @@ class Trainer:
         )
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.batches = StepBatches(
+        self.batch_order = StepBatches(
             len(self.dataset), config.optim.batch_size, config.seed, self.rank, self.world
         )
         self.step = 0
-        self.parallel: nn.Module = self.model
+        #: Total gradient norm of the last step, before clipping.
+        self.grad_norm = math.nan
+        self.show_progress = False
+        self.parallel: nn.Module = self.parallel_module()
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             # FPN levels that no box of a step falls on get no gradient in that step.
             self.parallel = DistributedDataParallel(
-                self.model, device_ids=ids, find_unused_parameters=True
+                self.parallel_module(), device_ids=ids, find_unused_parameters=True
             )
 
     def build_model(self, weights: str | Path | None) -> nn.Module:
@@ -184,6 +187,26 @@ class Trainer:
     def architecture(self) -> dict:
         """What a checkpoint must match to be resumed or loaded into this model."""
         return self.model.architecture()
+
+    def parallel_module(self) -> nn.Module:
+        """The module whose gradients are averaged over processes under torchrun."""
+        return self.model
+
+    def step_batches(self, total: int) -> Iterable[tuple[list, list[dict[str, Tensor]]]]:
+        """The batches (images, targets) of steps self.step .. total - 1."""
+        return DataLoader(
+            self.dataset,
+            batch_sampler=(self.batch_order.indices(step) for step in range(self.step, total)),
+            collate_fn=collate,
+            num_workers=self.config.data.num_workers,
+        )
+
+    def augment(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
+    ) -> None:
+        """Random changes of a step's batch, in place (horizontal flips)."""
+        if self.config.data.flip:
+            flip_batch(images, targets, generator)
 
     def compute_loss(
         self, images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
@@ -239,8 +262,7 @@ class Trainer:
         config = self.config
         generator = step_generator(config.seed, self.step)
         images, targets = list(images), list(targets)
-        if config.data.flip:
-            flip_batch(images, targets, generator)
+        self.augment(images, targets, generator)
         for group in self.optimizer.param_groups:
             group["lr"] = config.optim.lr_at(self.step)
         self.model.train()
@@ -257,6 +279,12 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+        limit = config.optim.clip_grad_norm
+        self.grad_norm = float(
+            nn.utils.clip_grad_norm_(parameters, limit if limit > 0 else math.inf)
+        )
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
@@ -269,26 +297,23 @@ class Trainer:
         """
         total = self.config.optim.steps if until is None else min(until, self.config.optim.steps)
         losses: list[float] = []
-        bar = _progress(total, self.step, progress and self.rank == 0)
-        loader = DataLoader(
-            self.dataset,
-            batch_sampler=(self.batches.indices(step) for step in range(self.step, total)),
-            collate_fn=collate,
-            num_workers=self.config.data.num_workers,
-        )
+        self.show_progress = progress and self.rank == 0
         try:
-            for images, targets in loader:
-                losses.append(self.train_step(images, targets))
-                losses = losses[-20:]
-                bar.update(1)
-                bar.set_postfix(
-                    loss=f"{sum(losses) / len(losses):.4f}",
-                    lr=f"{self.config.optim.lr_at(self.step - 1):.4g}",
-                )
-                if self.step % self.config.checkpoint_every == 0 or self.step == total:
-                    self.save()
+            batches = self.step_batches(total)
+            with Progress(
+                total, f"train {self.config.recipe}", initial=self.step, enabled=self.show_progress
+            ) as bar:
+                for images, targets in batches:
+                    losses.append(self.train_step(images, targets))
+                    losses = losses[-20:]
+                    bar.update(
+                        loss=f"{sum(losses) / len(losses):.4f}",
+                        lr=f"{self.config.optim.lr_at(self.step - 1):.4g}",
+                        grad_norm=f"{self.grad_norm:.3g}",
+                    )
+                    if self.step % self.config.checkpoint_every == 0 or self.step == total:
+                        self.save()
         finally:
-            bar.close()
             if self.distributed:
                 dist.destroy_process_group()
         recent = sum(losses) / len(losses) if losses else math.nan
@@ -307,16 +332,3 @@ def _global_generators(generator: torch.Generator, trainer: Trainer) -> Iterator
     ):
         torch.manual_seed(seed)
         yield
-
-
-def _progress(total: int, done: int, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total,
-        initial=done,
-        disable=not enabled,
-        file=sys.stderr,
-        unit="step",
-        dynamic_ncols=True,
-    )
