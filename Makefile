@@ -15,7 +15,7 @@ ifeq ($(CMAKE),)
 CMAKE := $(VENV)/bin/cmake
 endif
 
-.PHONY: test demo native coverage lint bench gpu-check clean
+.PHONY: test demo reproduce native coverage lint bench gpu-check clean
 
 test: $(INSTALLED) native coverage
 	$(PY) -m ruff check .
@@ -24,8 +24,15 @@ test: $(INSTALLED) native coverage
 	$(PY) -m pytest -m "not slow"
 
 # The whole stack on the synthetic benchmark (trained models are reused from demo-work/).
+SEED ?= 0
 demo: $(INSTALLED) native
-	$(PY) -m iounet.demo --work demo-work --out demo-output
+	$(PY) -m iounet.demo --work demo-work --out demo-output --seed $(SEED)
+
+# Table 3 over three seeds at the demo's budget (not CI; about 25 min a seed on 2 cores; shares
+# demo-work/ with make demo).
+SEEDS ?= 0 1 2
+reproduce: $(INSTALLED) native
+	$(PY) -m iounet.reproduce --work demo-work --out reproduce-output --seeds $(SEEDS)
 
 # CPU kernels (+ their sanitizer build), CUDA kernels when nvcc is found, TensorRT plugins when
 # TENSORRT_ROOT is given. The libraries Python loads are copied into plugins/lib.

@@ -11,12 +11,16 @@ from iounet.training.config import RECIPES
 
 
 def test_a_finished_training_is_reused_and_an_unfinished_one_is_not(tmp_path):
-    steps = RECIPES["cpu-demo"].optim.steps
-    assert not _trained(tmp_path / "none", "cpu-demo")
-    write_tiny_checkpoint(tmp_path / "part" / "last.pt", step=steps - 1)
-    assert not _trained(tmp_path / "part", "cpu-demo")
-    write_tiny_checkpoint(tmp_path / "done" / "last.pt", step=steps)
-    assert _trained(tmp_path / "done", "cpu-demo")
+    steps = RECIPES["fpn-cpu-demo"].optim.steps
+    assert not _trained(tmp_path / "none", "fpn-cpu-demo")
+    write_tiny_joint_checkpoint(
+        tmp_path / "part" / "last.pt", step=steps - 1, recipe="fpn-cpu-demo"
+    )
+    assert not _trained(tmp_path / "part", "fpn-cpu-demo")
+    write_tiny_joint_checkpoint(tmp_path / "done" / "last.pt", step=steps, recipe="fpn-cpu-demo")
+    assert _trained(tmp_path / "done", "fpn-cpu-demo")
+    assert not _trained(tmp_path / "done", "fpn-cpu-demo", seed=1)  # another seed's run
+    assert not _trained(tmp_path / "done", "joint-cpu-demo")  # another recipe's run
 
 
 def test_an_export_is_reused_only_for_its_own_checkpoint(exported_model, tmp_path):
@@ -32,8 +36,8 @@ def test_an_export_is_reused_only_for_its_own_checkpoint(exported_model, tmp_pat
 
 
 def test_the_demo_runs_from_trained_models_to_the_report(tmp_path, capsys):
-    """`make demo` after its trainings (tiny stand-ins): export of the joint IoU-Net with its
-    detector, infer on the images alone, Tables 3 and 4, evaluation, parity, benchmark."""
+    """`make demo` after its trainings (tiny stand-ins): export of the IoU-Net with its detector,
+    infer on the images alone, the one-detector table with its claims, parity, Table 4."""
     import json
 
     from iounet.demo import main
@@ -42,15 +46,33 @@ def test_the_demo_runs_from_trained_models_to_the_report(tmp_path, capsys):
     work, out = tmp_path / "work", tmp_path / "out"
     data = work / "synthetic"
     generate_synthetic_dataset(data, train=1, val=2, size=64, seed=3)
-    steps = RECIPES["joint-cpu-demo"].optim.steps
-    write_tiny_joint_checkpoint(work / "joint" / "last.pt", step=steps)
-    write_tiny_joint_checkpoint(work / "fpn" / "last.pt", seed=1, step=steps, iou_branch=False)
-    assert main(["--work", str(work), "--out", str(out), "--runs", "2"]) == 0
+    runs = work / "seed-2"
+    steps = RECIPES["fpn-cpu-demo"].optim.steps
+    config = {"recipe": "fpn-cpu-demo", "iou_branch": False}
+    write_tiny_joint_checkpoint(runs / "fpn" / "last.pt", seed=1, step=steps, **config)
+    steps = RECIPES["iou-branch-cpu-demo"].optim.steps
+    write_tiny_joint_checkpoint(
+        runs / "iou-branch" / "last.pt", step=steps, recipe="iou-branch-cpu-demo"
+    )
+    _set_seed(runs / "fpn" / "last.pt", 2)
+    _set_seed(runs / "iou-branch" / "last.pt", 2)
+    assert main(["--work", str(work), "--out", str(out), "--runs", "2", "--seed", "2"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["latency_ms"]) == {"torch", "torch-native", "ort"}
     assert report["pipeline"]["AP"] == report["iou_nms_refine"]["AP"]
-    assert set(report["table3"]) == {"fpn", "joint_nms", "joint_iou_nms", "joint_iou_nms_refine"}
-    assert report["table3"]["joint_iou_nms"] == report["iou_nms"]
+    assert report["seed"] == 2 and report["minutes"] > 0
+    claims = report["claims"]
+    predicted, classification = (report["pearson"][k] for k in ("predicted_iou", "classification"))
+    assert [c["met"] for c in claims] == [
+        report["iou_nms"]["AP"] > report["nms"]["AP"]
+        and report["iou_nms"]["AP90"] > report["nms"]["AP90"],
+        report["iou_nms_refine"]["AP"] > report["iou_nms"]["AP"]
+        and report["iou_nms_refine"]["AP90"] > report["iou_nms"]["AP90"],
+        predicted is not None
+        and predicted >= 0.6
+        and (classification is None or predicted > classification),
+    ]
+    assert all(c["cause"] for c in claims if not c["met"])
     parity = report["detector_parity"]
     assert parity["counts_equal"] and parity["labels_equal"] and parity["detections"] > 0
     assert parity["boxes_max_abs"] < 1e-2 and parity["scores_max_abs"] < 1e-4
@@ -62,5 +84,13 @@ def test_the_demo_runs_from_trained_models_to_the_report(tmp_path, capsys):
     found = json.loads((out / "detections.json").read_text())
     assert found and all(isinstance(entry["image_id"], int) for entry in found)
     printed = capsys.readouterr().out
-    for line in ("Table 3", "Table 4", "refinement ort vs torch (p50)", "IoU-Net vs ort FPN"):
+    for line in ("claims on this detector", "recall at IoU 0.9", "Table 4", "IoU-Net vs ort FPN"):
         assert line in printed
+
+
+def _set_seed(checkpoint, seed: int) -> None:
+    """Mark a tiny checkpoint as a run of `seed` (what the demo checks before reusing it)."""
+    from iounet.training.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(checkpoint)
+    save_checkpoint(checkpoint, {**state, "config": {**state["config"], "seed": seed}})

@@ -50,20 +50,26 @@ def write_tiny_joint_checkpoint(
     classes: list[str] = CLASSES,
     step: int = 1,
     iou_branch: bool = True,
+    recipe: str = "joint-cpu-demo",
 ) -> Path:
     """A randomly initialized tiny joint IoU-Net (FPN baseline without `iou_branch`) saved as
-    `iounet train --recipe joint-cpu-demo` would after `step` steps."""
+    `iounet train --recipe RECIPE` would after `step` steps."""
     from dataclasses import replace
 
     torch.manual_seed(seed)
     detector = replace(TINY_DETECTOR, iou_branch=iou_branch)
     model = JointIoUNet(TINY, detector, len(classes))
-    config = RECIPES["joint-cpu-demo"].to_dict()
+    config = RECIPES[recipe].to_dict()
     state = {
         "model": model.state_dict(),
         "architecture": model.architecture(),
         "class_names": list(classes),
-        "config": {**config, "model": TINY.__dict__, "detector": detector.__dict__},
+        "config": {
+            **config,
+            "model": TINY.__dict__,
+            "detector": detector.__dict__,
+            "data": {**config["data"], "min_size": 192, "max_size": 192},
+        },
         "step": step,
     }
     return save_checkpoint(path, state)

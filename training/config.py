@@ -231,7 +231,7 @@ RECIPES: dict[str, TrainConfig] = {
     "iou-branch-cpu-demo": TrainConfig(
         recipe="iou-branch-cpu-demo",
         kind="iou-branch",
-        data=DataConfig(flip=False, boxes_per_image=128, num_workers=0),
+        data=DataConfig(min_size=192, max_size=192, flip=False, num_workers=0),
         optim=OptimConfig(
             lr=0.04,
             batch_size=16,
