@@ -94,3 +94,22 @@ def _set_seed(checkpoint, seed: int) -> None:
 
     state = load_checkpoint(checkpoint)
     save_checkpoint(checkpoint, {**state, "config": {**state["config"], "seed": seed}})
+
+
+def test_parity_matches_rows_whose_scores_tie_whatever_their_order():
+    import torch
+
+    from iounet.demo import _match_rows
+
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [30, 30, 40, 40]])
+    scores = torch.tensor([0.9, 0.5, 0.5 - 1e-7])
+    labels = torch.tensor([1, 0, 3])
+    swapped = [1, 0, 2], [0, 2, 1]
+    reference = (boxes, scores, labels)
+    exported = (boxes[swapped[1]] + 1e-5, scores[swapped[1]], labels[swapped[1]])
+    box, score, found, reordered = _match_rows(exported, reference)
+    assert found and reordered == 2 and box < 2e-5 and score <= 1e-7
+    other = (boxes[swapped[1]], scores[swapped[1]], torch.tensor([1, 0, 0]))  # a label changed
+    assert not _match_rows(other, reference)[2]
+    apart = (boxes, torch.tensor([0.9, 0.5, 0.4]), labels)  # a score beyond a tie
+    assert not _match_rows(apart, reference)[2]
