@@ -1,4 +1,4 @@
-"""GPU latency of the torch-cuda path against the issue's targets, printed (never asserted).
+"""GPU latency of the torch-cuda path against its latency targets, printed (never asserted).
 
     python benchmarks/gpu_bench.py [--runs 50]
 

@@ -1,4 +1,4 @@
-"""The `iounet` command line: one subcommand per job (later issues add them)."""
+"""The `iounet` command line: one subcommand per job."""
 
 from __future__ import annotations
 

@@ -58,7 +58,7 @@ def check_output(
     folder: bool = False,
 ) -> None:
     """Check, before any slow work, that an output may be written at `path` (the one rule of
-    every output option, README "Bad input"):
+    every output option, docs/usage.md "Bad input"):
 
     - absent: it is written (its folders created), if its nearest existing folder is writable;
     - present, without `force`: FileExistsError;

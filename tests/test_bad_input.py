@@ -58,7 +58,7 @@ def ort_pipeline(exported_model):
     return Pipeline.from_model(exported_model[1])
 
 
-# --- the abort reproductions (issue 12, item 1) --------------------------------------------------
+# --- inputs that would abort the process inside an ONNX Runtime op ----------------------------
 
 
 def test_impossible_op_outputs_are_refused_without_allocating_or_aborting():

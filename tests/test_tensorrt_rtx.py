@@ -45,7 +45,7 @@ pytestmark = pytest.mark.skipif(
     reason="TensorRT-RTX not installed (pip install -e .[test])",
 )
 
-# The README's `iounet build-engine` ranges.
+# The `iounet build-engine` ranges of docs/usage.md.
 BOXES = parse_range("1:100:1000", "--boxes")
 IMAGE_SIZE = parse_image_size("192x192:800x1216:1344x1344")
 #: Custom nodes per graph (see iounet.export.graphs: every box is pooled on all four levels).
