@@ -87,6 +87,7 @@ def evaluate_seed(runs: Path, data: Path) -> dict:
     from iounet.runtime.evaluation import detect_dataset, evaluate_detections_table, nms_ap
     from iounet.training.checkpoint import load_model
     from iounet.training.coco_dataset import dataset_for_checkpoint
+    from iounet.training.images import SIZE_DIVISOR
 
     val = data / "val"
     rows: dict[str, dict[str, float]] = {}
@@ -95,7 +96,7 @@ def evaluate_seed(runs: Path, data: Path) -> dict:
     dataset = dataset_for_checkpoint(
         val / "images", val / "annotations.json", state, runs / "fpn" / "last.pt"
     )
-    raw = detect_dataset(torch_detector(fpn, 32), dataset)
+    raw = detect_dataset(torch_detector(fpn, SIZE_DIVISOR), dataset)
     rows["fpn"] = nms_ap(dataset, raw, fpn.detector.nms_threshold)
     branch, _ = load_model(runs / "iou-branch" / "last.pt")
     report = evaluate_detections_table(branch, dataset, raw)  # the frozen detector's boxes
@@ -107,7 +108,7 @@ def evaluate_seed(runs: Path, data: Path) -> dict:
     pearson["branch_classification"] = report.pearson["classification"]
     joint, _ = load_model(runs / "joint" / "last.pt")
     report = evaluate_detections_table(
-        joint, dataset, detect_dataset(torch_detector(joint, 32), dataset)
+        joint, dataset, detect_dataset(torch_detector(joint, SIZE_DIVISOR), dataset)
     )
     rows["joint_nms"] = report.ap["nms"]
     rows["joint_iou_nms"] = report.ap["iou_nms"]

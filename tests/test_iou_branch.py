@@ -15,7 +15,8 @@ from iounet.cli import main
 from iounet.training.checkpoint import load_checkpoint, load_model
 from iounet.training.config import load_config
 from iounet.training.feature_cache import IDENTITY_NAME, CachedImage, FeatureCache
-from iounet.training.iou_branch_trainer import CACHE_FOLDER, IoUBranchTrainer, _stack_padded
+from iounet.training.images import pad_images
+from iounet.training.iou_branch_trainer import CACHE_FOLDER, IoUBranchTrainer
 from iounet.training.model import pool_levels
 from iounet.training.synthetic import generate_synthetic_dataset
 
@@ -109,7 +110,7 @@ def test_cached_maps_pool_like_the_images_own_maps(data, detector, tmp_path):
     entries = [trainer._compute(0, False), trainer._compute(3, True)]
     rois = torch.tensor([[0, 2.0, 3.0, 40.0, 50.0], [1, 10.0, 5.0, 63.0, 60.0]])
     config = trainer.config.model
-    batch = [_stack_padded([e.maps[level] for e in entries]) for level in range(4)]
+    batch = [pad_images([e.maps[level] for e in entries], 1) for level in range(4)]
     together = pool_levels(batch, rois, config)
     for index, entry in enumerate(entries):
         own = rois[index : index + 1].clone()

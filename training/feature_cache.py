@@ -57,10 +57,8 @@ class CachedImage:
 
     @classmethod
     def from_state(cls, state: dict) -> CachedImage:
-        return cls(
-            list(state["maps"]), (int(state["size"][0]), int(state["size"][1])),
-            state["boxes"], state["labels"],
-        )  # fmt: skip
+        size = (int(state["size"][0]), int(state["size"][1]))
+        return cls(list(state["maps"]), size, state["boxes"], state["labels"])
 
 
 Key = tuple[int, bool]

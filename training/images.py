@@ -25,13 +25,13 @@ WIDE_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def pad_images(images: list[Tensor], size_divisor: int = SIZE_DIVISOR) -> Tensor:
-    """Stack (3, H, W) images into one batch, zero-padded at the bottom and right to multiples of
-    `size_divisor`."""
+    """Stack (C, H, W) images (or maps) into one batch, zero-padded at the bottom and right to
+    multiples of `size_divisor`."""
     height = max(image.shape[1] for image in images)
     width = max(image.shape[2] for image in images)
     height = math.ceil(height / size_divisor) * size_divisor
     width = math.ceil(width / size_divisor) * size_divisor
-    batch = images[0].new_zeros((len(images), 3, height, width))
+    batch = images[0].new_zeros((len(images), images[0].shape[0], height, width))
     for index, image in enumerate(images):
         batch[index, :, : image.shape[1], : image.shape[2]] = image
     return batch

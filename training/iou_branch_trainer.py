@@ -25,21 +25,15 @@ from iounet.training.feature_cache import CachedImage, FeatureCache, files_sha25
 from iounet.training.images import SIZE_DIVISOR, pad_images
 from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import to_target
-from iounet.training.trainer import Trainer, step_generator, training_boxes
+from iounet.training.trainer import Trainer, mirror, step_generator, training_boxes
 
 CACHE_FOLDER = "feature-cache"
 _MB = 1 << 20
 
 
-def iou_branch_config(config: TrainConfig, detector_state: dict, source: str) -> TrainConfig:
+def iou_branch_config(config: TrainConfig, detector_state: dict) -> TrainConfig:
     """The run's config: `config` with the model, detector and resize rule of the detector
     checkpoint `detector_state` (the IoU branch switched on)."""
-    architecture = detector_state["architecture"]
-    if not isinstance(architecture, dict) or architecture.get("kind") != "joint":
-        raise ValueError(
-            f"{source} is not a detector checkpoint (a joint IoU-Net or FPN baseline from "
-            "`iounet train --recipe joint-*/fpn-*`): it holds an IoU-Net without a detector"
-        )
     trained = TrainConfig.from_dict(detector_state["config"])
     return replace(
         config,
@@ -53,7 +47,12 @@ def load_detector_state(path: str | Path) -> dict:
     """The checkpoint `--from` names, checked before any work (clear errors for a missing,
     corrupt or foreign file, or one without a detector)."""
     state = load_checkpoint(path)
-    iou_branch_config(TrainConfig(kind="iou-branch"), state, str(path))
+    architecture = state["architecture"]
+    if not isinstance(architecture, dict) or architecture.get("kind") != "joint":
+        raise ValueError(
+            f"{path} is not a detector checkpoint (a joint IoU-Net or FPN baseline from "
+            "`iounet train --recipe joint-*/fpn-*`): it holds an IoU-Net without a detector"
+        )
     return state
 
 
@@ -74,7 +73,7 @@ class IoUBranchTrainer(Trainer):
         if weights is not None:
             raise ValueError("an IoU branch starts from --from's detector, not from --weights")
         self._detector_state = load_detector_state(config.detector_from)
-        config = iou_branch_config(config, self._detector_state, config.detector_from)
+        config = iou_branch_config(config, self._detector_state)
         self.cache: FeatureCache | None = None
         super().__init__(data_dir, out_dir, config, None, device)
         if self._detector_state["class_names"] != self.class_names:
@@ -139,7 +138,8 @@ class IoUBranchTrainer(Trainer):
     ) -> Tensor:
         config = self.config
         rois, labels, ious = training_boxes(targets, [e.size for e in images], config, generator)
-        maps = [_stack_padded([e.maps[level] for e in images]) for level in range(4)]
+        # beyond a map's edge PrRoIPool reads zeros either way: a box pools as on its own maps
+        maps = [pad_images([e.maps[level] for e in images], 1) for level in range(4)]
         device = self.device
         prediction = self.parallel([m.to(device) for m in maps], rois.to(device), labels.to(device))
         return nn.functional.smooth_l1_loss(
@@ -181,22 +181,7 @@ class IoUBranchTrainer(Trainer):
         image, target = self.dataset[index]
         boxes = target["boxes"]
         if flipped:
-            width = image.shape[2]
-            image = image.flip(2)
-            boxes = torch.stack(
-                [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], 1
-            )
+            image, boxes = mirror(image, boxes)
         size = (int(image.shape[1]), int(image.shape[2]))
         maps = self.model.backbone(pad_images([image]).to(self.device))
         return CachedImage([m[0].cpu() for m in maps], size, boxes, target["labels"])
-
-
-def _stack_padded(maps: list[Tensor]) -> Tensor:
-    """Maps (C, h_i, w_i) as one batch, zero-padded at the bottom and right: beyond a map's edge
-    PrRoIPool reads zeros either way, so a box pools the same as on its image's maps alone."""
-    height = max(m.shape[1] for m in maps)
-    width = max(m.shape[2] for m in maps)
-    batch = maps[0].new_zeros((len(maps), maps[0].shape[0], height, width))
-    for index, m in enumerate(maps):
-        batch[index, :, : m.shape[1], : m.shape[2]] = m
-    return batch

@@ -97,16 +97,20 @@ def training_boxes(
     return torch.cat(rois), torch.cat(labels), torch.cat(ious)
 
 
+def mirror(image: Tensor, boxes: Tensor) -> tuple[Tensor, Tensor]:
+    """The image (3, H, W) flipped horizontally and its boxes (n, 4) with it."""
+    flipped = boxes.clone()
+    flipped[:, [0, 2]] = image.shape[2] - boxes[:, [2, 0]]
+    return image.flip(2), flipped
+
+
 def flip_batch(
     images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
 ) -> None:
     """Flip each image and its boxes horizontally with probability 1/2, in place."""
     for index, image in enumerate(images):
         if bool(torch.rand((), generator=generator) < 0.5):
-            width = image.shape[2]
-            images[index] = image.flip(2)
-            boxes = targets[index]["boxes"].clone()
-            boxes[:, [0, 2]] = width - targets[index]["boxes"][:, [2, 0]]
+            images[index], boxes = mirror(image, targets[index]["boxes"])
             targets[index] = {**targets[index], "boxes": boxes}
 
 
