@@ -13,7 +13,7 @@ cores.
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -175,10 +175,12 @@ def _difference(rows: dict, plus: str, minus: str) -> tuple[float, float]:
 
 
 def _stats(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
-    }
+    """Mean and sample standard deviation (NaN in, NaN out: a seed whose Pearson is undefined)."""
+    mean = math.fsum(values) / len(values)
+    spread = (
+        math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    )
+    return {"mean": mean, "sd": math.sqrt(spread)}
 
 
 if __name__ == "__main__":
