@@ -11,6 +11,7 @@ import torch
 
 from iounet.cli import main
 from iounet.training.checkpoint import load_checkpoint
+from iounet.training.coco_dataset import collate
 from iounet.training.config import RECIPES, DataConfig, OptimConfig, TrainConfig, load_config
 from iounet.training.model import ModelConfig
 from iounet.training.synthetic import generate_synthetic_dataset
@@ -103,6 +104,28 @@ def test_a_diverging_run_stops_before_writing_a_checkpoint(data, tmp_path, monke
     assert main([*arguments, str(config), "--no-progress"]) == 1
     assert "diverged at step 3" in capsys.readouterr().err
     assert load_checkpoint(tmp_path / "cli" / "last.pt")["step"] == 2
+
+
+def test_a_loss_spike_moves_the_weights_by_the_clipped_gradient_only(data, tmp_path, monkeypatch):
+    limit = 0.5
+    config = replace(TINY, optim=replace(TINY.optim, clip_grad_norm=limit, weight_decay=0.0))
+    trainer = Trainer(data, tmp_path / "run", config)
+    original = Trainer.compute_loss
+    monkeypatch.setattr(
+        Trainer, "compute_loss", lambda self, *args: 1e6 * original(self, *args)
+    )  # a spike: a gradient norm a million times the usual
+    before = _parameters(trainer)
+    trainer.train_step(*collate([trainer.dataset[i] for i in trainer.batch_order.indices(0)]))
+    assert trainer.grad_norm > 1e3 * limit
+    grads = [p.grad for p in trainer.model.parameters() if p.grad is not None]
+    assert (
+        abs(float(torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))) - limit) < 1e-3
+    )
+    after = _parameters(trainer)
+    moved = torch.cat([(after[k] - before[k]).flatten().float() for k in before if k in dict(
+        trainer.model.named_parameters())])  # fmt: skip
+    lr = config.optim.lr_at(0)
+    assert float(torch.linalg.vector_norm(moved)) <= lr * limit * (1 + 1e-4)
 
 
 def test_batches_cover_every_image_each_epoch_and_split_over_processes():
