@@ -33,7 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the `iounet` command; return its exit status."""
+    """Run the `iounet` command; return its exit status.
+
+    The command's own status (0: done), or 2 for bad input (one line on stderr, no traceback),
+    3 when out of memory, 130 on Ctrl-C.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -49,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError as error:
         print(f"iounet {args.command}: out of memory {error}".rstrip(), file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        # Outputs are written atomically, so an interrupted command leaves no partial file.
+        print(f"iounet {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

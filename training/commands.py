@@ -88,9 +88,18 @@ def _run_training(
     """Train with `trainer_class` (None: the trainer of the config's kind)."""
     from dataclasses import replace
 
+    from iounet.devices import check_device
     from iounet.training.checkpoint import LAST_NAME
     from iounet.training.config import load_config
 
+    check_device(args.device)
+    last = args.out / LAST_NAME
+    if last.exists() and not args.resume:
+        raise FileExistsError(
+            f"{last} exists: pass --resume to continue it, or choose another --out"
+        )
+    if args.resume and not last.is_file():
+        raise FileNotFoundError(f"--resume: {last} not found (nothing to continue)")
     config = load_config(args.config, args.recipe or (None if args.config else default_recipe))
     if args.detector_from:
         if config.kind != "iou-branch":
@@ -107,22 +116,18 @@ def _run_training(
         config = replace(config, seed=args.seed)
     if args.backbone_from:
         config = replace(config, backbone_from=str(args.backbone_from))
-    if (args.out / LAST_NAME).exists() and not args.resume:
-        raise SystemExit(
-            f"{args.out / LAST_NAME} exists: pass --resume to continue it, or choose another --out"
-        )
     trainer = trainer_class(args.data, args.out, config, weights=args.weights, device=args.device)
     if args.resume:
         trainer.resume()
     try:
         result = trainer.run(progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(
-            f"interrupted at step {trainer.step}; the last checkpoint is {trainer.last_checkpoint}"
-        )
+        saved = trainer.last_checkpoint
+        kept = f"the last checkpoint is {saved}" if saved.is_file() else "no checkpoint written"
+        print(f"iounet {args.command}: interrupted at step {trainer.step}; {kept}", file=sys.stderr)
         return 130
     except FloatingPointError as error:
-        print(f"iounet train: {error}", file=sys.stderr)
+        print(f"iounet {args.command}: {error}", file=sys.stderr)
         return 1
     print(
         f"step {result.step}: recent loss {result.recent_loss:.4f}; checkpoint {result.checkpoint}"
@@ -131,9 +136,11 @@ def _run_training(
 
 
 def _detect(args: argparse.Namespace) -> int:
+    from iounet.devices import check_device
     from iounet.files import check_output, is_coco_results, write_json
 
-    check_output(args.out, args.force, is_coco_results, "COCO results file")
+    check_device(args.device)
+    output = check_output(args.out, args.force, is_coco_results, "COCO results file")
 
     from iounet.training.coco_dataset import dataset_for_checkpoint
     from iounet.training.detector import detect, load_detector
@@ -156,6 +163,6 @@ def _detect(args: argparse.Namespace) -> int:
                     "score": score,
                 }
             )
-    write_json(args.out, results)
+    write_json(output, results)
     print(f"{len(results)} raw detections on {len(dataset)} images -> {args.out}")
     return 0

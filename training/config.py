@@ -12,8 +12,12 @@ A TOML file picks a recipe and overrides any field, section by section:
 
 from __future__ import annotations
 
+import difflib
+import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,14 @@ from iounet.training.model import ModelConfig
 #: IoU branch beside its R-CNN branch ("joint"; detector.iou_branch=False: the FPN baseline), or
 #: only the IoU branch of a trained detector, on its frozen backbone ("iou-branch").
 KINDS = ("iou", "joint", "iou-branch")
+#: Seeds are in [0, SEED_LIMIT).
+SEED_LIMIT = 2**32
+
+
+def _require(ok: bool, name: str, rule: str, value: Any) -> None:
+    """Raise ValueError "`name` must be `rule`, got `value`" unless `ok`."""
+    if not ok:
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +52,9 @@ class DataConfig:
         cache_memory_mb, cache_disk_mb: byte budgets (MiB, per process) of the frozen maps that
             kind "iou-branch" computes once per training image: in memory, then on disk in the
             run's folder; images past both are recomputed when drawn.
+
+    Raises:
+        ValueError: a value out of its range (sizes and counts >= 1, 0 <= min_iou < 1).
     """
 
     min_size: int = 800
@@ -53,9 +68,11 @@ class DataConfig:
     cache_disk_mb: int = 65536
 
     def __post_init__(self) -> None:
-        for name in ("cache_memory_mb", "cache_disk_mb"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"data.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_size", "max_size", "boxes_per_image", "iou_bins"):
+            _require(getattr(self, name) >= 1, f"data.{name}", ">= 1", getattr(self, name))
+        _require(0.0 <= self.min_iou < 1.0, "data.min_iou", "in [0, 1)", self.min_iou)
+        for name in ("num_workers", "cache_memory_mb", "cache_disk_mb"):
+            _require(getattr(self, name) >= 0, f"data.{name}", ">= 0", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -71,6 +88,10 @@ class OptimConfig:
         smooth_l1_beta: transition point of the smooth-L1 loss on the normalized IoU.
         clip_grad_norm: scale the gradient down to this total (L2) norm when it is larger, as
             detection codebases do against loss spikes (0: never).
+
+    Raises:
+        ValueError: a value out of its range (steps, batch_size >= 1; lr, lr_gamma > 0;
+            0 <= momentum < 1; lr_steps increasing from >= 1; the rest >= 0).
     """
 
     lr: float = 0.01
@@ -86,8 +107,22 @@ class OptimConfig:
     clip_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
-        if not self.clip_grad_norm >= 0:
-            raise ValueError(f"optim.clip_grad_norm must be >= 0, got {self.clip_grad_norm}")
+        for name in ("steps", "batch_size"):
+            _require(getattr(self, name) >= 1, f"optim.{name}", ">= 1", getattr(self, name))
+        for name in ("lr", "lr_gamma"):
+            _require(getattr(self, name) > 0, f"optim.{name}", "> 0", getattr(self, name))
+        _require(0.0 <= self.momentum < 1.0, "optim.momentum", "in [0, 1)", self.momentum)
+        for name in (
+            "weight_decay",
+            "warmup_steps",
+            "warmup_lr",
+            "smooth_l1_beta",
+            "clip_grad_norm",
+        ):
+            _require(getattr(self, name) >= 0, f"optim.{name}", ">= 0", getattr(self, name))
+        steps = self.lr_steps
+        increasing = all(a < b for a, b in pairwise(steps))
+        _require(increasing and min(steps, default=1) >= 1, "optim.lr_steps", "increasing", steps)
 
     def lr_at(self, step: int) -> float:
         """Learning rate of optimizer step `step` (0-based)."""
@@ -111,6 +146,10 @@ class TrainConfig:
             keeps, with model.frozen_backbone), so that a deployment runs one backbone.
         detector_from: the joint or FPN checkpoint whose IoU branch kind "iou-branch" trains
             (its model, detector and resize settings replace this config's).
+
+    Raises:
+        ValueError: an unknown kind, a seed outside [0, 2**32), checkpoint_every < 1 or a
+            negative detector.iou_loss_weight.
     """
 
     recipe: str = "paper"
@@ -128,6 +167,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        _require(0 <= self.seed < SEED_LIMIT, "seed", "in [0, 2**32)", self.seed)
+        _require(self.checkpoint_every >= 1, "checkpoint_every", ">= 1", self.checkpoint_every)
+        weight = self.detector.iou_loss_weight
+        _require(weight >= 0, "detector.iou_loss_weight", ">= 0", weight)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form, stored in checkpoints."""
@@ -135,8 +178,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of to_dict (also reads TOML tables); unknown keys are an error."""
-        return _build(cls, data, "config")
+        """Inverse of to_dict (also reads TOML tables).
+
+        Raises:
+            ValueError: an unknown key, a value of the wrong type (``optim.steps must be an
+                integer, got '2'``) or out of its range, naming the field.
+        """
+        return _build(cls, data, "")
 
 
 _CPU_MODEL = ModelConfig(backbone="resnet18", fpn_channels=64, head_dim=256)
@@ -248,7 +296,13 @@ RECIPES: dict[str, TrainConfig] = {
 
 
 def load_config(path: str | Path | None = None, recipe: str | None = None) -> TrainConfig:
-    """The recipe (default: the file's `recipe`, else "paper") with the TOML file's overrides."""
+    """The recipe (default: the file's `recipe`, else "paper") with the TOML file's overrides.
+
+    Raises:
+        FileNotFoundError: no file at `path`.
+        ValueError: the file is not TOML, names an unknown recipe or key, or gives a field a
+            value of the wrong type or out of its range (see TrainConfig.from_dict).
+    """
     overrides: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -260,7 +314,7 @@ def load_config(path: str | Path | None = None, recipe: str | None = None) -> Tr
             raise ValueError(f"{path} is not valid TOML: {error}") from error
     name = recipe or overrides.pop("recipe", None) or "paper"
     overrides.pop("recipe", None)
-    if name not in RECIPES:
+    if not isinstance(name, str) or name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {sorted(RECIPES)}")
     base = RECIPES[name].to_dict()
     for key, value in overrides.items():
@@ -268,32 +322,73 @@ def load_config(path: str | Path | None = None, recipe: str | None = None) -> Tr
             base[key] = {**base[key], **value}
         else:
             base[key] = value
-    return TrainConfig.from_dict(base)
+    try:
+        return TrainConfig.from_dict(base)
+    except ValueError as error:
+        if path is None:
+            raise
+        raise ValueError(f"{path}: {error}") from error
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+#: How type errors describe each field type.
+_TYPE_NAMES: dict[type, str] = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+}
+_PLURAL_NAMES: dict[type, str] = {int: "integers", float: "numbers"}
+
+
+def _checked(name: str, value: Any, kind: Any) -> Any:
+    """`value` of field `name` as its type `kind` holds it (ints as floats, lists as tuples).
+
+    Raises:
+        ValueError: `value` is not of that type (a bool is no number), or a float is not finite.
+    """
+    if typing.get_origin(kind) is tuple:
+        element = typing.get_args(kind)[0]
+        if not isinstance(value, list | tuple):
+            raise ValueError(f"{name} must be a list of {_PLURAL_NAMES[element]}, got {value!r}")
+        return tuple(_checked(f"{name}[{i}]", item, element) for i, item in enumerate(value))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name} must be {_TYPE_NAMES[kind]}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], section: str) -> Any:
+    """An instance of the config dataclass `cls` from `data`, the table of `section` ("": the
+    top level), every field checked for its type and range."""
+    prefix = f"{section}." if section else ""
+    where = f"[{section}]" if section else "the config"
     if not isinstance(data, dict):
-        raise ValueError(f"{where} must be a table, got {data!r}")
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(known))
+        raise ValueError(f"{section or 'the config'} must be a table ({where}), got {data!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
     if unknown:
-        raise ValueError(f"unknown key(s) in {where}: {unknown}")
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise ValueError(
+            f"unknown key(s) in {where}: {', '.join(hints)}; known: {', '.join(sorted(known))}"
+        )
+    types = typing.get_type_hints(cls)
     values = {}
     for name, value in data.items():
-        kind = known[name].type
-        nested = {
-            "ModelConfig": ModelConfig,
-            "DetectorConfig": DetectorConfig,
-            "DataConfig": DataConfig,
-            "OptimConfig": OptimConfig,
-        }
-        if kind in nested:
-            values[name] = _build(nested[kind], value, f"{where}.{name}")
-        elif isinstance(value, list):
-            values[name] = tuple(value)
+        kind = types[name]
+        if is_dataclass(kind):
+            values[name] = _build(kind, value, f"{prefix}{name}")
         else:
-            values[name] = value
+            values[name] = _checked(f"{prefix}{name}", value, kind)
     try:
         return replace(cls(), **values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"invalid {where}: {error}") from error
+    except ValueError as error:
+        message = str(error)
+        if section and not message.startswith(prefix):
+            message = f"{section}: {message}"
+        raise ValueError(message) from error
