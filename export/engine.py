@@ -15,8 +15,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +28,10 @@ from iounet.export.manifest import (
     GraphEntry,
     Manifest,
     load_manifest,
+    load_strict_json,
     sha256_file,
 )
-from iounet.files import atomic_path
+from iounet.files import atomic_path, check_output
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
 
 if TYPE_CHECKING:
@@ -217,16 +216,14 @@ def build_engines(
         raise ValueError(f"{manifest.folder} has no {precision} graphs: {graphs.precision_hint}")
     if workspace_mb is not None and workspace_mb < 1:
         raise ValueError(f"the workspace must be a positive number of MB, got {workspace_mb}")
-    target = engine_folder(manifest, precision)
-    if target.exists() and not force:
-        raise FileExistsError(f"{target} exists: pass --force to rebuild the engines")
+    output = check_output(
+        engine_folder(manifest, precision), force, _is_engine_folder, "engine folder", folder=True
+    )
     trt = import_tensorrt()
     plugin_version = plugin_library_version(load_plugin_library())
     builder = _Builder(trt, workspace_mb, Path(timing_cache) if timing_cache else None)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{precision}.", suffix=".tmp", dir=target.parent))
-    try:
+    with output.staged() as staging:
         engines = {}
         for role in graphs.roles:
             graph = graphs.graph(role, precision)
@@ -259,10 +256,12 @@ def build_engines(
         }
         _write(staging / METADATA_NAME, (json.dumps(metadata, indent=2) + "\n").encode())
         builder.save_timing_cache()
-        _replace_folder(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return output.path
+
+
+def _is_engine_folder(folder: Path) -> bool:
+    """Whether `folder` holds engines this package built (what ``force`` may replace)."""
+    return (folder / METADATA_NAME).is_file()
 
 
 class _Builder:
@@ -330,27 +329,6 @@ def _write(path: Path, data: bytes) -> None:
         temporary.write_bytes(data)
 
 
-def _replace_folder(staging: Path, target: Path) -> None:
-    """Move the finished ``staging`` folder to ``target``, replacing an existing one."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal folder's mode
-    retired = None
-    if target.exists():
-        retired = Path(
-            tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent)
-        )
-        os.replace(target, retired)
-    try:
-        os.replace(staging, target)
-    except BaseException:
-        if retired is not None:
-            os.replace(retired, target)
-        raise
-    if retired is not None:
-        shutil.rmtree(retired, ignore_errors=True)
-
-
 def load_engine_metadata(
     folder: str | os.PathLike, roles: tuple[str, ...] = GRAPH_ROLES
 ) -> dict[str, Any]:
@@ -364,10 +342,7 @@ def load_engine_metadata(
             f"no TensorRT engines in {folder} ({METADATA_NAME} missing): "
             f"build them with `iounet build-engine`"
         )
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    data = load_strict_json(path, ValueError)
     _check_structure(path, data, roles)
     return data
 
@@ -393,6 +368,9 @@ def _check_structure(path: Path, data: Any, roles: tuple[str, ...]) -> None:
     sizes = data.get("image_size")
     if not (isinstance(sizes, list) and len(sizes) == 3 and all(_is_int_list(s, 2) for s in sizes)):
         fail("image_size must be [[h, w], [h, w], [h, w]] (min, opt, max)")
+    workspace = data.get("workspace_mb")
+    if workspace is not None and not (_is_int_list([workspace]) and workspace > 0):
+        fail(f"workspace_mb must be a positive integer or null, got {workspace!r}")
     engines = data.get("engines")
     if not isinstance(engines, dict) or set(engines) != set(roles):
         fail(f"engines must hold exactly {list(roles)}")

@@ -14,8 +14,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,7 +77,7 @@ def export_model(
     1..num_classes in the checkpoint's class order.
     """
     out = Path(out)
-    check_output(out, force, _is_model_folder, "model folder", folder=True)
+    output = check_output(out, force, _is_model_folder, "model folder", folder=True)
     model, state = load_model(checkpoint)
     if model.head is None:
         raise ValueError(
@@ -88,8 +86,7 @@ def export_model(
         )
     categories = _categories(state["class_names"], annotations)
     config = TrainConfig.from_dict(state["config"])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _staging_folder(out) as staging:
+    with output.staged() as staging:
         graphs = {"fp32": _export_graphs(model, staging, torch.float32, "")}
         if fp16:
             graphs["fp16"] = _export_graphs(model, staging, torch.float16, ".fp16")
@@ -159,26 +156,6 @@ def _is_model_folder(folder: Path) -> bool:
     """Whether `folder` holds a manifest this package wrote (what ``--force`` may replace)."""
     load_manifest(folder, verify=False)
     return True
-
-
-@contextlib.contextmanager
-def _staging_folder(out: Path) -> Iterator[Path]:
-    """A temporary folder beside `out` that takes `out`'s place when the block succeeds."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; give it a normal folder's mode
-    try:
-        yield staging
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, old / out.name)
-            os.replace(staging, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _export_graphs(

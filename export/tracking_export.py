@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from iounet.export.manifest import FeatureMap, GraphEntry, load_manifest, sha256_file
-from iounet.export.onnx_export import OPSET, _export_one, _signature, _staging_folder, _versions
+from iounet.export.onnx_export import OPSET, _export_one, _signature, _versions
 from iounet.export.tracking_graphs import (
     AtomStepGraph,
     IoUFeatGraph,
@@ -60,14 +60,13 @@ def export_tracking_model(
     unpickled contents (``read_checkpoint``), to avoid reading it twice.
     """
     out = Path(out)
-    check_output(out, force, _is_model_folder, "model folder", folder=True)
+    output = check_output(out, force, _is_model_folder, "model folder", folder=True)
     source = str(checkpoint)
     found = pytracking_checkpoint(
         read_checkpoint(checkpoint) if contents is None else contents, source
     )
     model = TrackingNet.from_state_dict(found.state, source).float()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with _staging_folder(out) as staging:
+    with output.staged() as staging:
         manifest = TrackingManifest(
             folder=staging,
             backbone=model.config.backbone,

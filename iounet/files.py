@@ -1,5 +1,6 @@
 """Writing outputs: atomically (a reader sees the old file or the complete new one, never a
-part), and only where the one overwrite rule allows (``check_output``)."""
+part), and only where the one overwrite rule allows (``check_output``); what appears or changes
+at an output while a command runs is never replaced (``iounet.staging.publish``)."""
 
 from __future__ import annotations
 
@@ -8,34 +9,55 @@ import json
 import math
 import os
 import stat
-import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from iounet.staging import Fingerprint, fingerprint, publish, remove_stale, staging
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` that replaces `path` when the block succeeds.
+    """A temporary path beside `path` that replaces `path` when the block succeeds (for files
+    this package owns, such as checkpoints; user-named outputs go through ``Output.staged``).
 
     On an exception (Ctrl-C included) the temporary file is removed and `path` is untouched.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=".tmp", dir=target.parent
-    )
-    os.close(handle)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it 0600; give it a normal file's mode
-    try:
-        yield Path(temporary)
-        with open(temporary, "rb+") as file:
-            os.fsync(file.fileno())
+    with staging(target) as temporary:
+        yield temporary
+        _sync(temporary)
         os.replace(temporary, target)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
+
+
+def _sync(path: Path) -> None:
+    if path.is_file():
+        with open(path, "rb+") as file:
+            os.fsync(file.fileno())
+
+
+@dataclass(frozen=True)
+class Output:
+    """An output path that ``check_output`` allowed, with what it may replace there."""
+
+    path: Path
+    folder: bool = False
+    #: What the path held when checked (None: nothing); only exactly that is replaced.
+    replaces: Fingerprint | None = None
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A temporary file (or folder) beside the output that takes its place when the block
+        succeeds, unless the output appeared or changed meanwhile: then ``OutputConflict``
+        (a FileExistsError) names where the result was kept, and the output is untouched.
+        Temporaries that crashed runs left beside it are removed first."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(self.path.parent)
+        with staging(self.path, folder=self.folder) as temporary:
+            yield temporary
+            _sync(temporary)
+            publish(temporary, self.path, self.replaces)
 
 
 def check_writable(path: str | os.PathLike) -> None:
@@ -56,7 +78,7 @@ def check_output(
     ours: Callable[[Path], bool],
     what: str,
     folder: bool = False,
-) -> None:
+) -> Output:
     """Check, before any slow work, that an output may be written at `path` (the one rule of
     every output option, docs/usage.md "Bad input"):
 
@@ -67,11 +89,12 @@ def check_output(
       recognised by `ours`, for a folder); anything else is refused even with `force`.
 
     `what` names the expected output in the message ("COCO results file", "model folder").
+    The returned ``Output`` writes it (``Output.staged``).
     """
     path = Path(path)
     check_writable(path)
     if not os.path.lexists(path):
-        return
+        return Output(path, folder)
     if not force:
         raise FileExistsError(f"{path} exists: pass --force to replace it")
     if folder:
@@ -80,14 +103,14 @@ def check_output(
                 f"{path} is not a folder: refusing to replace it, even with --force"
             )
         if not any(path.iterdir()) or _recognised(ours, path):
-            return
+            return Output(path, folder, fingerprint(path))
     else:
         if path.is_symlink() or not stat.S_ISREG(path.lstat().st_mode):
             raise FileExistsError(
                 f"{path} is not a regular file: refusing to replace it, even with --force"
             )
         if _recognised(ours, path):
-            return
+            return Output(path, folder, fingerprint(path))
     raise FileExistsError(
         f"{path} is not a {what} written by iounet: refusing to replace it, even with --force"
     )
@@ -137,10 +160,13 @@ def holds_only(*suffixes: str) -> Callable[[Path], bool]:
     return recognise
 
 
-def write_json(path: str | os.PathLike, value: Any, indent: int | None = None) -> None:
-    """Write `value` as strict JSON, atomically: NaN and infinities (not JSON) become null."""
+def write_json(path: str | os.PathLike | Output, value: Any, indent: int | None = None) -> None:
+    """Write `value` as strict JSON, atomically: NaN and infinities (not JSON) become null.
+
+    An ``Output`` (from ``check_output``) is written by its rule, a plain path replaced."""
     text = json.dumps(json_safe(value), indent=indent, allow_nan=False)
-    with atomic_path(path) as temporary:
+    writing = path.staged() if isinstance(path, Output) else atomic_path(path)
+    with writing as temporary:
         temporary.write_text(text + ("\n" if indent is not None else ""))
 
 

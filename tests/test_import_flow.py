@@ -14,7 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: Each layer may import the layers after it (and the shared utilities in iounet/).
 LAYERS = ("runtime", "export", "training", "plugins")
-SHARED = {"iounet", "iounet._version", "iounet.files", "iounet.progress"}
+SHARED = {
+    "iounet",
+    "iounet._version",
+    "iounet.devices",
+    "iounet.files",
+    "iounet.progress",
+    "iounet.staging",
+}
 
 
 def _imported_iounet_modules(path: Path) -> set[str]:

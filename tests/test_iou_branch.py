@@ -3,6 +3,9 @@ bad `--from` checkpoints; and the eager per-level pooling it relies on."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from unittest import mock
@@ -12,6 +15,7 @@ import torch
 from tiny_model import TINY, write_tiny_checkpoint, write_tiny_joint_checkpoint
 
 from iounet.cli import main
+from iounet.staging import temporary_name
 from iounet.training.checkpoint import load_checkpoint, load_model
 from iounet.training.config import load_config
 from iounet.training.feature_cache import IDENTITY_NAME, CachedImage, FeatureCache
@@ -177,7 +181,13 @@ def test_the_cache_reuses_only_a_folder_of_its_own_identity(tmp_path):
     big = 1 << 20
     FeatureCache(compute, {"backbone": "x"}, 0, tmp_path, big).fill([(0, False), (1, True)])
     assert len(calls) == 2
-    (tmp_path / ".0000002.pt.abc.tmp").write_bytes(b"partial")  # an interrupted write
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    stale = temporary_name(tmp_path / "0000002.pt").name.replace(
+        f"-{os.getpid()}-", f"-{int(dead.stdout)}-"
+    )
+    (tmp_path / stale).write_bytes(b"partial")  # a write interrupted by a killed run
     again = FeatureCache(compute, {"backbone": "x"}, 0, tmp_path, big)
     again.fill([(0, False), (1, True)])
     assert len(calls) == 2 and not list(tmp_path.glob(".*.tmp"))

@@ -24,10 +24,10 @@ import torch
 from torch import Tensor
 
 from iounet.files import atomic_path
+from iounet.staging import is_temporary, remove_stale
 
 IDENTITY_NAME = "identity.json"
 _ENTRY = re.compile(r"^\d{7}(-flip)?\.pt$")
-_TEMPORARY = re.compile(r"^\.\d{7}(-flip)?\.pt\..*\.tmp$")
 FORMAT = 1
 
 
@@ -143,18 +143,14 @@ class FeatureCache:
         folder.mkdir(parents=True, exist_ok=True)
         names = [entry.name for entry in folder.iterdir()]
         foreign = [
-            n
-            for n in names
-            if n != IDENTITY_NAME and not _ENTRY.match(n) and not _TEMPORARY.match(n)
+            n for n in names if n != IDENTITY_NAME and not _ENTRY.match(n) and not is_temporary(n)
         ]
         if foreign:
             raise FileExistsError(
                 f"{folder} holds files the feature cache did not write ({foreign[:3]}): "
                 "move them away or choose another --out"
             )
-        for name in names:
-            if _TEMPORARY.match(name):  # left by an interrupted write
-                (folder / name).unlink(missing_ok=True)
+        remove_stale(folder)  # left by an interrupted run
         identity = {"format": FORMAT, **identity}
         if _read_identity(folder / IDENTITY_NAME) != identity:
             for name in names:

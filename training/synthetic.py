@@ -11,9 +11,6 @@ from __future__ import annotations
 import colorsys
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from iounet.files import check_output
+from iounet.files import Output, check_output, check_writable
+from iounet.staging import fingerprint
 
 CLASS_NAMES = ("ellipse", "rectangle", "triangle", "star", "ring")
 ELLIPSE, RECTANGLE, TRIANGLE, STAR, RING = range(len(CLASS_NAMES))
@@ -182,21 +180,13 @@ def generate_synthetic_dataset(
     _check_count("seed", seed)
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"size must be at least {MIN_IMAGE_SIZE}, got {size}")
-    _check_out(out, force)
+    output = _check_out(out, force)
     start = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
-    try:
-        os.chmod(partial, 0o755)
+    with output.staged() as partial:
         counts = {
             split: _write_split(partial / split, split, count, size, seed)
             for split, count in zip(SPLITS, (train, val), strict=True)
         }
-        _check_out(out, force)  # again: it may have appeared meanwhile
-        _move_into_place(partial, out)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
     return {
         "out": str(out),
         "size": size,
@@ -214,12 +204,13 @@ def _check_count(name: str, value: int) -> None:
         raise ValueError(f"{name} must be non-negative, got {value}")
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool) -> Output:
     """An empty folder is filled; another existing `out` is replaced only with `force` and only
     when it is a data set this function wrote (``is_synthetic_dataset``)."""
     if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
-        return
-    check_output(out, force, is_synthetic_dataset, "synthetic data set", folder=True)
+        check_writable(out)
+        return Output(out, folder=True, replaces=fingerprint(out))
+    return check_output(out, force, is_synthetic_dataset, "synthetic data set", folder=True)
 
 
 def is_synthetic_dataset(folder: Path) -> bool:
@@ -277,21 +268,6 @@ def _annotation(annotation_id: int, image_id: int, obj: SceneObject) -> dict:
         "iscrowd": 0,
         "visible_fraction": round(obj.visible_fraction, 4),
     }
-
-
-def _move_into_place(partial: Path, out: Path) -> None:
-    if not out.exists():
-        partial.rename(out)
-        return
-    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    out.rename(trash / "previous")
-    try:
-        partial.rename(out)
-    except BaseException:
-        (trash / "previous").rename(out)
-        raise
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 # --- objects ---------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from iounet.progress import Progress
+from iounet.staging import remove_stale
 from iounet.training.checkpoint import LAST_NAME, check_compatible, load_checkpoint, save_checkpoint
 from iounet.training.coco_dataset import CocoDetection, collate
 from iounet.training.config import TrainConfig
@@ -136,6 +137,8 @@ class Trainer:
         if self.distributed:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
             self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        if self.rank == 0:
+            remove_stale(self.out_dir)  # checkpoints half-written by a killed run
         if device is None:
             local = int(os.environ.get("LOCAL_RANK", "0"))
             device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
