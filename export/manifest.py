@@ -13,11 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from iounet.export.refine_step import RefineParams
 
@@ -45,6 +46,39 @@ JSONObject = dict[str, Any]
 
 class ManifestError(ValueError):
     """A model folder whose manifest is missing, malformed or does not match its files."""
+
+
+class _NonStandardNumber(Exception):
+    """A number that standard JSON cannot hold (NaN, an infinity, or a float out of range)."""
+
+
+def _refuse_constant(token: str) -> NoReturn:
+    raise _NonStandardNumber(f"{token} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NonStandardNumber(f"{text} is out of the range of a finite number")
+    return value
+
+
+def load_strict_json(path: Path, error: type[ValueError] = ManifestError) -> Any:
+    """The value of the standard JSON file at `path`.
+
+    `error` naming the file when the file is not UTF-8 JSON, nests too deeply, or holds a number
+    standard JSON cannot hold (NaN, Infinity, -Infinity, or a float beyond the finite range).
+    """
+    try:
+        return json.loads(
+            path.read_text(), parse_constant=_refuse_constant, parse_float=_finite_float
+        )
+    except _NonStandardNumber as problem:
+        raise error(f"{path} is not standard JSON: {problem}") from None
+    except RecursionError:
+        raise error(f"{path} nests its JSON too deeply") from None
+    except ValueError as problem:  # JSONDecodeError, UnicodeDecodeError, an overlong integer
+        raise error(f"{path} is not valid JSON: {problem}") from problem
 
 
 @dataclass(frozen=True)
@@ -239,10 +273,7 @@ def read_manifest_json(folder: str | os.PathLike) -> tuple[Path, Any]:
         raise FileNotFoundError(f"model folder not found: {folder}")
     if not path.is_file():
         raise ManifestError(f"{folder} is not an exported iounet model: {MANIFEST_NAME} missing")
-    try:
-        return path, json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ManifestError(f"{path} is not valid JSON: {error}") from error
+    return path, load_strict_json(path)
 
 
 def verify_graph_files(path: Path, entries: Iterable[GraphEntry]) -> None:
@@ -289,19 +320,67 @@ class _Reader:
     def positive(self, data: Any, key: str, where: str = "") -> int:
         value = self.get(data, key, int, where)
         if value <= 0:
-            raise self.fail(f"{where}.{key} must be positive, got {value}")
+            raise self.fail(f"{_name(where, key)} must be positive, got {value}")
         return value
 
-    def number(self, data: Any, key: str, where: str) -> float:
-        return float(self.get(data, key, (int, float), where))
+    def count(self, data: Any, key: str, where: str = "") -> int:
+        """An integer >= 0."""
+        value = self.get(data, key, int, where)
+        if value < 0:
+            raise self.fail(f"{_name(where, key)} must be >= 0, got {value}")
+        return value
+
+    def number(
+        self,
+        data: Any,
+        key: str,
+        where: str,
+        low: float = -math.inf,
+        high: float = math.inf,
+        low_open: bool = False,
+    ) -> float:
+        """A finite number in [low, high] (low excluded when `low_open`)."""
+        name = _name(where, key)
+        given = self.get(data, key, (int, float), where)
+        if not _is_finite(given):
+            raise self.fail(f"{name} must be a finite number, got {given!r}")
+        value = float(given)
+        if not ((value > low if low_open else value >= low) and value <= high):
+            raise self.fail(f"{name} must {_range_text(low, high, low_open)}, got {value:g}")
+        return value
 
     def numbers(self, data: Any, key: str, where: str, length: int) -> tuple[float, ...]:
         values = self.get(data, key, list, where)
         if len(values) != length or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+            isinstance(v, (int, float)) and not isinstance(v, bool) and _is_finite(v)
+            for v in values
         ):
-            raise self.fail(f"{where}.{key} must be a list of {length} numbers, got {values!r}")
+            raise self.fail(
+                f"{_name(where, key)} must be a list of {length} finite numbers, got {values!r}"
+            )
         return tuple(float(v) for v in values)
+
+
+def _is_finite(value: float) -> bool:
+    """Whether a JSON number is a finite float (an integer too large for a float is not)."""
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _name(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _range_text(low: float, high: float, low_open: bool) -> str:
+    if high == math.inf:
+        if low == 0:
+            return "be positive" if low_open else "be >= 0"
+        return f"be {'>' if low_open else '>='} {low:g}"
+    if low == -math.inf:
+        return f"be <= {high:g}"
+    return f"lie in {'(' if low_open else '['}{low:g}, {high:g}]"
 
 
 def _kind_name(kind: type | tuple[type, ...]) -> str:
@@ -348,16 +427,16 @@ def _parse(path: Path, data: Any) -> Manifest:
         range=read.numbers(spec, "range", "input", 2),
     )
     if min(input_spec.std) <= 0:
-        raise read.fail("input.std must be positive")
+        raise read.fail(f"input.std must be positive, got {list(input_spec.std)}")
+    if not input_spec.range[0] < input_spec.range[1]:
+        raise read.fail(f"input.range must be [low, high] with low < high, got {input_spec.range}")
     settings = read.get(data, "refinement", dict)
     refinement = RefineParams(
-        step=read.number(settings, "step", "refinement"),
-        iterations=read.get(settings, "iterations", int, "refinement"),
-        early_stop=read.number(settings, "early_stop", "refinement"),
-        degrade_tolerance=read.number(settings, "degrade_tolerance", "refinement"),
+        step=read.number(settings, "step", "refinement", low=0.0, low_open=True),
+        iterations=read.count(settings, "iterations", "refinement"),
+        early_stop=read.number(settings, "early_stop", "refinement", low=0.0),
+        degrade_tolerance=read.number(settings, "degrade_tolerance", "refinement", high=0.0),
     )
-    if refinement.step <= 0 or refinement.iterations < 0:
-        raise read.fail("refinement.step must be positive and refinement.iterations >= 0")
     checkpoint = read.get(data, "checkpoint", dict)
     detector = None
     if data.get("detector") is not None:
@@ -374,14 +453,20 @@ def _parse(path: Path, data: Any) -> Manifest:
         checkpoint=CheckpointInfo(
             read.get(checkpoint, "file", str, "checkpoint"),
             read.get(checkpoint, "sha256", str, "checkpoint"),
-            read.get(checkpoint, "step", int, "checkpoint"),
+            read.count(checkpoint, "step", "checkpoint"),
         ),
         graphs=_parse_graphs(read, read.get(data, "graphs", dict), roles),
         opset=read.positive(data, "opset"),
-        custom_opsets={str(k): v for k, v in read.get(data, "custom_opsets", dict).items()},
+        custom_opsets=_custom_opsets(read, data),
         versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
         detector=detector,
     )
+
+
+def _custom_opsets(read: _Reader, data: JSONObject) -> dict[str, int]:
+    """The manifest's custom opset domains and their (positive) versions."""
+    opsets = read.get(data, "custom_opsets", dict)
+    return {str(domain): read.positive(opsets, domain, "custom_opsets") for domain in opsets}
 
 
 def _parse_detector(read: _Reader, data: JSONObject) -> DetectorSpec:
@@ -389,17 +474,17 @@ def _parse_detector(read: _Reader, data: JSONObject) -> DetectorSpec:
     spec = DetectorSpec(
         pre_nms_top_n=read.positive(data, "pre_nms_top_n", where),
         post_nms_top_n=read.positive(data, "post_nms_top_n", where),
-        rpn_nms_threshold=read.number(data, "rpn_nms_threshold", where),
-        score_threshold=read.number(data, "score_threshold", where),
+        rpn_nms_threshold=read.number(data, "rpn_nms_threshold", where, 0.0, 1.0),
+        score_threshold=read.number(data, "score_threshold", where, 0.0, 1.0),
         detections_per_image=read.positive(data, "detections_per_image", where),
-        nms_threshold=read.number(data, "nms_threshold", where),
+        nms_threshold=read.number(data, "nms_threshold", where, 0.0, 1.0),
         padding_score=read.number(data, "padding_score", where),
     )
-    for name in ("rpn_nms_threshold", "score_threshold", "nms_threshold"):
-        if not 0.0 <= getattr(spec, name) <= 1.0:
-            raise read.fail(f"detector.{name} must lie in [0, 1], got {getattr(spec, name)}")
     if spec.padding_score >= spec.score_threshold:
-        raise read.fail("detector.padding_score must lie below detector.score_threshold")
+        raise read.fail(
+            f"detector.padding_score must lie below detector.score_threshold "
+            f"({spec.score_threshold:g}), got {spec.padding_score:g}"
+        )
     return spec
 
 
@@ -442,8 +527,14 @@ def _tensors(read: _Reader, values: list, where: str) -> tuple[TensorSpec, ...]:
     specs = []
     for value in values:
         shape = read.get(value, "shape", list, f"{where}.inputs")
-        if not all(isinstance(d, (int, str)) and not isinstance(d, bool) for d in shape):
-            raise read.fail(f"{where}: tensor shapes hold integers or dimension names")
+        if not all(
+            isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+            for d in shape
+        ):
+            raise read.fail(
+                f"{where}: tensor shapes hold sizes (integers >= 0) or dimension names, "
+                f"got {shape!r}"
+            )
         specs.append(
             TensorSpec(
                 read.get(value, "name", str, where),

@@ -20,6 +20,7 @@ from iounet.export.manifest import (
     FeatureMap,
     GraphEntry,
     ManifestFile,
+    _custom_opsets,
     _Reader,
     _tensors,
     read_manifest_json,
@@ -152,18 +153,22 @@ def _parse(path: Path, data: Any) -> TrackingManifest:
         range=read.numbers(spec, "range", "input", 2),
     )
     if min(crop.std) <= 0:
-        raise read.fail("input.std must be positive")
+        raise read.fail(f"input.std must be positive, got {list(crop.std)}")
+    if not crop.range[0] < crop.range[1]:
+        raise read.fail(f"input.range must be [low, high] with low < high, got {crop.range}")
     settings = read.get(data, "refinement", dict)
     parametrization = read.get(settings, "parametrization", str, "refinement")
     if parametrization not in PARAMETRIZATIONS:
         raise read.fail(f"refinement.parametrization must be one of {PARAMETRIZATIONS}")
-    iterations = read.get(settings, "iterations", int, "refinement")
-    if iterations < 0:
-        raise read.fail("refinement.iterations must be >= 0")
+    step_length = read.numbers(settings, "step_length", "refinement", 2)
+    if min(step_length) <= 0:
+        raise read.fail(
+            f"refinement.step_length must be positive (xy, wh), got {list(step_length)}"
+        )
     refinement = TrackingRefineParams(
-        iterations=iterations,
-        step_length=read.numbers(settings, "step_length", "refinement", 2),  # type: ignore[arg-type]
-        step_decay=read.number(settings, "step_decay", "refinement"),
+        iterations=read.count(settings, "iterations", "refinement"),
+        step_length=(step_length[0], step_length[1]),
+        step_decay=read.number(settings, "step_decay", "refinement", low=0.0, low_open=True),
         parametrization=parametrization,
     )
     source = read.get(data, "checkpoint", dict)
@@ -189,7 +194,7 @@ def _parse(path: Path, data: Any) -> TrackingManifest:
         ),
         graphs=_parse_graphs(read, read.get(data, "graphs", dict)),
         opset=read.positive(data, "opset"),
-        custom_opsets={str(k): v for k, v in read.get(data, "custom_opsets", dict).items()},
+        custom_opsets=_custom_opsets(read, data),
         versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
     )
 

@@ -30,12 +30,13 @@ class BenchInputs:
 
 
 def image_inputs(image: Tensor, height: int, width: int) -> BenchInputs:
-    """`image` (3, h, w) in [0, 1] resized (bilinear) to exactly `height` x `width`, for the
-    detector to find its own detections on."""
+    """`image` (3, h, w), float in [0, 1] or uint8, resized (bilinear) to exactly `height` x
+    `width`, for the detector to find its own detections on."""
     if height < 32 or width < 32:
         raise ValueError(f"the image must be at least 32x32, got {height}x{width}")
+    pixels = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
     resized = torch.nn.functional.interpolate(
-        image[None].float(), size=(height, width), mode="bilinear", align_corners=False
+        pixels[None], size=(height, width), mode="bilinear", align_corners=False
     )
     return BenchInputs(resized[0].clamp(0, 1))
 
@@ -123,7 +124,7 @@ def format_latency_table(results: dict[str, dict], baseline: str | None = None) 
                 mine = results[name]["refine"]["p50_ms"]
                 lines.append(
                     f"refinement {name} vs {baseline} (p50): {mine:.2f} ms vs {reference:.2f} ms "
-                    f"= {reference / mine:.2f}x faster"
+                    f"= {_speed(mine, reference)}"
                 )
     return "\n".join(lines)
 
@@ -131,7 +132,17 @@ def format_latency_table(results: dict[str, dict], baseline: str | None = None) 
 def overhead_line(results: dict[str, dict], fpn: str, iounet: str) -> str:
     """Table 4's comparison: total p50 of IoU-Net vs the FPN baseline on the same backbone."""
     base, full = results[fpn]["total"]["p50_ms"], results[iounet]["total"]["p50_ms"]
+    ratio = f"{full / base:.2f}x" if base > 0 else "-"
     return (
         f"{iounet} vs {fpn} (total p50): {full:.1f} ms vs {base:.1f} ms "
-        f"(+{full - base:.1f} ms, {full / base:.2f}x)"
+        f"({full - base:+.1f} ms, {ratio})"
     )
+
+
+def _speed(mine: float, reference: float) -> str:
+    """How much faster (or slower) a time of `mine` ms is than `reference` ms."""
+    if mine <= 0 or reference <= 0:
+        return "-"
+    if mine <= reference:
+        return f"{reference / mine:.2f}x faster"
+    return f"{mine / reference:.2f}x slower"
