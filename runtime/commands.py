@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from iounet.runtime.image_folder import IMAGE_EXTENSIONS
-from iounet.runtime.names import BACKENDS
+from iounet.runtime.names import BACKENDS, CHECKPOINT_BACKENDS
 
 if TYPE_CHECKING:
     from iounet.export.manifest import Manifest
@@ -43,6 +43,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     infer.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
     infer.add_argument("--force", action="store_true", help="replace an existing --out")
+    _max_pixels_argument(infer)
     _backend_arguments(infer, "ort")
     infer.set_defaults(run=_infer)
 
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--image", type=Path, help="an image file, resized to --image-size (default: random)"
     )
+    _max_pixels_argument(bench)
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime")
@@ -94,16 +96,35 @@ def _backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def _backend_options(name: str, args: argparse.Namespace) -> dict:
+def _backend_options(
+    name: str, args: argparse.Namespace, chosen: tuple[str, ...] | list[str] = ()
+) -> dict:
+    """The options of backend `name` from the command line; ValueError for an option that
+    none of the command's backends (`chosen`, default: `name` alone) takes."""
+    chosen = tuple(chosen) or (name,)
     if getattr(args, "precision", "fp32") != "fp32" and name != "trt":
         raise ValueError(f"--precision {args.precision} is for the trt backend only, not {name}")
-    if name.startswith("torch"):
+    if getattr(args, "checkpoint", None) is not None and not set(chosen) & set(CHECKPOINT_BACKENDS):
+        raise ValueError(
+            f"--checkpoint is for the {', '.join(CHECKPOINT_BACKENDS)} backends only, not "
+            f"{' or '.join(chosen)}"
+        )
+    if name in CHECKPOINT_BACKENDS:
         return {"checkpoint": args.checkpoint}
     if name == "trt":
         return {"precision": getattr(args, "precision", "fp32")}
     if name.startswith("ort") and getattr(args, "threads", None):
         return {"threads": args.threads}
     return {}
+
+
+def _max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        help="refuse images with more pixels (decompression bombs; default 200 million, "
+        "iounet.training.images.MAX_IMAGE_PIXELS)",
+    )
 
 
 def _infer(args: argparse.Namespace) -> int:
@@ -121,7 +142,7 @@ def _infer(args: argparse.Namespace) -> int:
             "--detections needs --annotations: raw detections name COCO image ids, which the "
             "annotations map to image files"
         )
-    check_output(args.out, args.force, is_coco_results, "COCO results file")
+    output = check_output(args.out, args.force, is_coco_results, "COCO results file")
     detections = read_detections(args.detections) if args.detections is not None else None
     listing = list_images(args.images) if args.annotations is None else None
     manifest = load_manifest(args.model)
@@ -132,6 +153,7 @@ def _infer(args: argparse.Namespace) -> int:
         )
 
     from iounet.runtime.inference import (
+        check_images,
         coco_entries,
         folder_entries,
         infer_images,
@@ -146,9 +168,12 @@ def _infer(args: argparse.Namespace) -> int:
             print(note)
     else:
         entries = coco_entries(args.images, args.annotations, manifest)
+    check_images(entries, manifest, detections, args.max_image_pixels)
     backend = open_backend(manifest, args.backend, **_backend_options(args.backend, args))
     pipeline = Pipeline.for_manifest(manifest, backend)
-    count = write_results(args.out, infer_images(pipeline, manifest, entries, detections))
+    count = write_results(
+        output, infer_images(pipeline, manifest, entries, detections, args.max_image_pixels)
+    )
     source = (
         f"{len(detections)} raw detections"
         if detections is not None
@@ -167,10 +192,17 @@ def _bench(args: argparse.Namespace) -> int:
     unknown = [name for name in names if name not in BACKENDS]
     if not names or unknown:
         raise ValueError(f"--backends: unknown {unknown or names}; choose from {BACKENDS}")
-    if any(name.startswith("torch") for name in names) and args.checkpoint is None:
+    counts = {name: names.count(name) for name in names}
+    repeated = [f"{n} {'twice' if c == 2 else f'{c} times'}" for n, c in counts.items() if c > 1]
+    if repeated:
+        raise ValueError(f"--backends lists {' and '.join(repeated)}")
+    if any(name in CHECKPOINT_BACKENDS for name in names) and args.checkpoint is None:
         raise ValueError("--checkpoint is needed for the torch backends (the exported checkpoint)")
+    for name in names:
+        _backend_options(name, args, names)
+    json_output = None
     if args.json:
-        check_output(args.json, args.force, is_bench_table, "bench table")
+        json_output = check_output(args.json, args.force, is_bench_table, "bench table")
 
     if args.detections is not None and args.detections <= 0:
         raise ValueError(f"--detections must be positive, got {args.detections}")
@@ -190,18 +222,18 @@ def _bench(args: argparse.Namespace) -> int:
     height, width = _image_size(args.image_size, manifest)
     detect = args.detections is None and manifest.has_detector
     if detect:
-        inputs = _bench_image(args.image, height, width)
+        inputs = _bench_image(args.image, height, width, args.max_image_pixels)
         methods = {"FPN": "nms", "IoU-Net": "iou-nms"}
     else:
         count = args.detections or 1000
         inputs = synthetic_inputs(height, width, count, manifest.num_classes)
         if args.image is not None:
-            image = _bench_image(args.image, height, width).image
+            image = _bench_image(args.image, height, width, args.max_image_pixels).image
             inputs = dataclasses.replace(inputs, image=image)
         methods = {"": "iou-nms"}
     results = {}
     for name in names:
-        backend = open_backend(manifest, name, **_backend_options(name, args))
+        backend = open_backend(manifest, name, **_backend_options(name, args, names))
         for title, method in methods.items():
             config = PipelineConfig(refine=manifest.refinement, method=method)
             pipeline = Pipeline.for_manifest(manifest, backend, config)
@@ -219,12 +251,14 @@ def _bench(args: argparse.Namespace) -> int:
     if detect:
         for name in names:
             print(overhead_line(results, f"{name} FPN", f"{name} IoU-Net"))
-    if args.json:
-        write_json(args.json, results, indent=2)
+    if json_output is not None:
+        write_json(json_output, results, indent=2)
     return 0
 
 
-def _bench_image(path: Path | None, height: int, width: int) -> BenchInputs:
+def _bench_image(
+    path: Path | None, height: int, width: int, max_pixels: int | None = None
+) -> BenchInputs:
     """The image of `iounet bench`: the file at `path` (or random pixels) at height x width."""
     import torch
 
@@ -235,7 +269,7 @@ def _bench_image(path: Path | None, height: int, width: int) -> BenchInputs:
     else:
         from iounet.training.images import load_image
 
-        image = load_image(path)
+        image = load_image(path, max_pixels)
     return image_inputs(image, height, width)
 
 
@@ -252,12 +286,31 @@ def _image_size(text: str | None, manifest: Manifest) -> tuple[int, int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from iounet.devices import check_device
     from iounet.files import check_output, holds_only, is_json_object_with, write_json
 
+    check_device(args.device)
+    json_output = plots_output = None
     if args.json:
-        check_output(args.json, args.force, is_json_object_with("pearson"), "eval report")
+        json_output = check_output(
+            args.json, args.force, is_json_object_with("pearson"), "eval report"
+        )
     if args.plots:
-        check_output(args.plots, args.force, holds_only(".png"), "plots folder", folder=True)
+        plots_output = check_output(
+            args.plots, args.force, holds_only(".png"), "plots folder", folder=True
+        )
+    with contextlib.ExitStack() as stack:
+        plots = None if plots_output is None else stack.enter_context(plots_output.staged())
+        report = _evaluate(args, plots)
+    if json_output is not None:
+        write_json(json_output, report, indent=2)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace, plots: Path | None) -> dict:
+    """`iounet eval`'s figures (printed, and returned for --json); plots into `plots`."""
     detections = None
     if args.detections:
         from iounet.runtime.detections import read_detections
@@ -279,8 +332,8 @@ def _eval(args: argparse.Namespace) -> int:
     print(
         f"jittered boxes: {len(jittered.true)}, Pearson(predicted, true IoU) {jittered.pearson:.3f}"
     )
-    if args.plots:
-        scatter_plot(args.plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
+    if plots is not None:
+        scatter_plot(plots / "pearson_jittered.png", jittered, "held-out jittered boxes")
     if detections is not None:
         from iounet.runtime.evaluation import (
             evaluate_detections_table,
@@ -296,8 +349,6 @@ def _eval(args: argparse.Namespace) -> int:
             f"detections with IoU > 0.5: {figures['boxes']}, Pearson predicted IoU "
             f"{figures['predicted_iou']:.3f}, classification {figures['classification']:.3f}"
         )
-        if args.plots:
-            plot_report(table, args.plots)
-    if args.json:
-        write_json(args.json, report, indent=2)
-    return 0
+        if plots is not None:
+            plot_report(table, plots)
+    return report

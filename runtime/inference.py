@@ -1,11 +1,11 @@
 """The pipeline over a set of images: a plain folder (the model's own detector) or the images a
 COCO file lists (the model's detector, or a detector's raw detections), written as COCO results.
 
-Every image is read with ``iounet.training.images.load_image`` and run through
-``Pipeline.__call__`` (the manifest's resize rule, boxes back in original pixels), one image at
-a time: no image outlives its iteration, and the results of each image go straight into the
-output's temporary file (``write_results``), which replaces the output only when every image
-has run.
+Every image is checked before the model loads (``check_images``), then read at the model's
+size with ``iounet.training.images.load_resized`` (as viewers show it; never whole in float)
+and run through ``Pipeline.run_scaled`` (boxes back in the file's pixels), one image at a time:
+no image outlives its iteration, and the results of each image go straight into the output's
+temporary file (``write_results``), which replaces the output only when every image has run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from iounet.export.manifest import Manifest
-from iounet.files import atomic_path, json_safe
+from iounet.files import Output, json_safe
 from iounet.runtime.detections import check_known, group_by_image, image_tensors
 from iounet.runtime.image_folder import ImageListing
 from iounet.runtime.pipeline import Detections, Pipeline
@@ -70,11 +70,49 @@ def coco_entries(
     return entries
 
 
+#: From this many images on, checking them shows progress.
+PROGRESS_FROM = 200
+
+
+def check_images(
+    entries: list[ImageEntry],
+    manifest: Manifest,
+    detections: list[dict[str, Any]] | None = None,
+    max_pixels: int | None = None,
+) -> None:
+    """Decode every image the run will read (with `detections`: those they name) once, before
+    any model is loaded: ValueError naming the first that cannot be decoded, has more than
+    `max_pixels` pixels or differs from its COCO entry's size."""
+    from iounet.progress import Progress
+    from iounet.training.images import decode_image
+
+    if detections is not None:
+        named = {detection.get("image_id") for detection in detections}
+        entries = [entry for entry in entries if entry.image_id in named]
+    size = (manifest.input.min_size, manifest.input.max_size)
+    with Progress(
+        len(entries), "check images", unit="image", enabled=len(entries) >= PROGRESS_FROM
+    ) as progress:
+        for entry in entries:
+            _, shown = decode_image(entry.path, max_pixels, entry.size, size)
+            _check_size(entry, shown)
+            progress.update()
+
+
+def _check_size(entry: ImageEntry, size: tuple[int, int]) -> None:
+    if entry.size is not None and size != entry.size:
+        raise ValueError(
+            f"image {entry.path} is {size[1]}x{size[0]} pixels but its annotation says "
+            f"{entry.size[1]}x{entry.size[0]}"
+        )
+
+
 def infer_images(
     pipeline: Pipeline,
     manifest: Manifest,
     entries: list[ImageEntry],
     detections: list[dict[str, Any]] | None = None,
+    max_pixels: int | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """Per image, its COCO results ``{image_id, category_id, bbox: [x, y, w, h], score, iou}``
     (original pixels, the manifest's category ids; ``iou`` absent for ``method="nms"``).
@@ -92,32 +130,30 @@ def infer_images(
         check_known(detections, {entry.image_id for entry in entries}, set(category_ids))
         by_image = group_by_image(detections)
         entries = [entry for entry in entries if entry.image_id in by_image]
-    return _run(pipeline, category_ids, entries, by_image)
+    return _run(pipeline, manifest, entries, by_image, max_pixels)
 
 
 def _run(
     pipeline: Pipeline,
-    category_ids: list[int],
+    manifest: Manifest,
     entries: list[ImageEntry],
     by_image: dict[int, list[dict[str, Any]]] | None,
+    max_pixels: int | None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The results of `entries`, image by image (see ``infer_images``)."""
-    from iounet.training.images import load_image
+    from iounet.training.images import load_resized
 
+    category_ids = manifest.category_ids
     label_of = {category: label for label, category in enumerate(category_ids)}
     for entry in entries:
-        image = load_image(entry.path)
-        size = (int(image.shape[1]), int(image.shape[2]))
-        if entry.size is not None and size != entry.size:
-            raise ValueError(
-                f"image {entry.path} is {image.shape[2]}x{image.shape[1]} pixels but its "
-                f"annotation says {entry.size[1]}x{entry.size[0]}"
-            )
-        if by_image is None:
-            found = pipeline(image)
-        else:
+        image, scale, size = load_resized(
+            entry.path, manifest.input.min_size, manifest.input.max_size, max_pixels, entry.size
+        )
+        _check_size(entry, size)
+        raw = None
+        if by_image is not None:
             raw = image_tensors(by_image[int(entry.image_id)], 1.0, size, label_of)
-            found = pipeline(image, *raw)
+        found = pipeline.run_scaled(image, scale, size, *(raw or ()))
         del image
         yield coco_results(entry.image_id, found, category_ids)
 
@@ -143,17 +179,17 @@ def coco_results(
     return results
 
 
-def write_results(path: str | os.PathLike, per_image: Iterable[list[dict[str, Any]]]) -> int:
-    """Write the results of each image as they come into one JSON list at `path`; return how
+def write_results(output: Output, per_image: Iterable[list[dict[str, Any]]]) -> int:
+    """Write the results of each image as they come into one JSON list at `output`; return how
     many were written.
 
-    The list goes to a temporary file beside `path` that replaces `path` only once `per_image`
-    is exhausted (``iounet.files.atomic_path``): an error midway (a bad image, Ctrl-C) leaves
-    `path` as it was. The JSON is what ``iounet.files.write_json`` writes (strict: NaN and
-    infinities become null), so memory holds one image's results at a time, not all of them.
+    The list goes to a temporary file beside the output that takes its place only once
+    `per_image` is exhausted (``iounet.files.Output.staged``): an error midway (a bad image,
+    Ctrl-C) leaves the output as it was. The JSON is what ``iounet.files.write_json`` writes
+    (strict: NaN and infinities become null), so memory holds one image's results at a time.
     """
     count = 0
-    with atomic_path(path) as temporary, open(temporary, "w") as file:
+    with output.staged() as temporary, open(temporary, "w") as file:
         file.write("[")
         for results in per_image:
             for result in results:

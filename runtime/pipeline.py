@@ -24,9 +24,9 @@ from iounet.runtime.budget import (
     chunks,
 )
 from iounet.runtime.detections import scale_boxes
-from iounet.runtime.names import BACKENDS
+from iounet.runtime.names import BACKENDS, CHECKPOINT_BACKENDS
 from iounet.runtime.suppression import iou_nms, nms
-from iounet.training.images import pad_images, resize_image
+from iounet.training.images import pad_images, resize_image, resize_pixels, source_region
 
 #: Called with (stage name, seconds) after each stage when timing is asked for.
 StageTimer = Callable[[str, float], None]
@@ -75,7 +75,7 @@ class Pipeline:
     manifest's min_size / max_size, ``iounet.training.images``) and scales the boxes with it,
     clipped to the image. It returns the detections kept by IoU-guided NMS (scores as IoU-NMS
     leaves them, most confident first), the ``refine_top`` most confident of them refined by
-    Algorithm 2, in the given image's pixels.
+    Algorithm 2, in the given image's pixels; every box lies within the image.
 
     The IoU head and the refinement run on at most ``boxes_per_call`` boxes per backend call
     (from ``config.memory_budget``, and at most the backend's ``max_boxes``), so memory does
@@ -151,18 +151,45 @@ class Pipeline:
         labels: Tensor | None = None,
         timer: StageTimer | None = None,
     ) -> Detections:
-        """The final detections of `image` in its own pixels (see the class docstring)."""
-        image = _float_image(image)
-        _check_inputs(image, boxes, scores, labels, self.num_classes)
+        """The final detections of `image` in its own pixels (see the class docstring). A uint8
+        image is resized in 8 bits, as ``iounet infer`` resizes image files; a float one in
+        float."""
+        checked = _float_image(image)
+        _check_inputs(checked, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
         if self.input_size is None:
-            return self._run(image, boxes, scores, labels, timer)
-        resized, scale = resize_image(image, *self.input_size)
+            return self._run(checked, boxes, scores, labels, timer)
+        size = (int(image.shape[1]), int(image.shape[2]))
+        if image.dtype == torch.uint8:
+            del checked
+            resized, scale = resize_pixels(image, *self.input_size)
+        else:
+            resized, scale = resize_image(checked, *self.input_size)
+        return self.run_scaled(resized, scale, size, boxes, scores, labels, timer)
+
+    def run_scaled(
+        self,
+        resized: Tensor,
+        scale: float,
+        size: tuple[int, int],
+        boxes: Tensor | None = None,
+        scores: Tensor | None = None,
+        labels: Tensor | None = None,
+        timer: StageTimer | None = None,
+    ) -> Detections:
+        """The final detections of an image of `size` (height, width) given at the model's
+        input size (`resized`, by the rule of ``iounet.training.images.resized_shape`` with
+        `scale`, as ``load_resized`` gives it; float in [0, 1], or uint8), raw boxes and
+        results in the pixels of `size`, within the image."""
+        resized = _float_image(resized)
+        _check_inputs(resized, boxes, scores, labels, self.num_classes)
+        self._check_detector(boxes)
+        resized_size = (int(resized.shape[1]), int(resized.shape[2]))
+        factors = _axis_scales(size, resized_size, scale)
         if boxes is not None:
-            boxes = scale_boxes(boxes.to(torch.float32), scale, tuple(resized.shape[1:]))
+            boxes = _scale_to(boxes.to(torch.float32), factors, resized_size)
         found = self._run(resized, boxes, scores, labels, timer)
-        if scale != 1.0:
-            found.boxes = found.boxes / scale
+        found.boxes = _unscale(found.boxes, factors, size)
         return found
 
     def run_resized(
@@ -173,9 +200,10 @@ class Pipeline:
         labels: Tensor | None = None,
         timer: StageTimer | None = None,
     ) -> Detections:
-        """The pipeline on an image already at the model's input size, boxes in its pixels
-        (what ``__call__`` does after resizing; ``iounet infer`` and ``iounet bench`` call it
-        with the datasets' resized images)."""
+        """The pipeline on an image already at the model's input size (float in [0, 1], or
+        uint8), boxes in its pixels (what ``__call__`` does after resizing; ``iounet bench``
+        calls it with its images at the size it times)."""
+        image = _float_image(image)
         _check_inputs(image, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
         return self._run(image, boxes, scores, labels, timer)
@@ -183,7 +211,8 @@ class Pipeline:
     def detect_resized(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The model's detector alone on an image at the model's input size: its raw
         detections before NMS (boxes (D, 4) in the image's pixels, scores (D,), labels (D,)),
-        most confident first."""
+        most confident first. The image is float in [0, 1], or uint8."""
+        image = _float_image(image)
         _check_inputs(image, None, None, None, self.num_classes)
         self._check_detector(None)
         features = self.backend.features(pad_images([image.float()], self.size_divisor))
@@ -232,7 +261,7 @@ class Pipeline:
             keep = nms(boxes, scores, labels, config.nms_threshold)
             clock("nms")
             clock.since("total", clock.start)
-            return Detections(boxes[keep], scores[keep], labels[keep], None)
+            return Detections(_clip(boxes[keep], (height, width)), scores[keep], labels[keep], None)
         rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
         per_call = self.boxes_per_call
         # Results go into tensors allocated before the calls: results kept between calls would
@@ -263,11 +292,17 @@ class Pipeline:
             ious = torch.cat([refined_iou.clamp(0, 1), ious[top:]])
         clock.since("refine", refine_start)
         clock.since("total", clock.start)
-        return Detections(boxes, kept_scores, labels, ious)
+        return Detections(_clip(boxes, (height, width)), kept_scores, labels, ious)
 
 
 def open_backend(manifest: Manifest, name: str, **options: object) -> Backend:
-    """The backend `name` on an exported model (torch backends need ``checkpoint=``)."""
+    """The backend `name` on an exported model (the ``CHECKPOINT_BACKENDS`` need
+    ``checkpoint=``, which the others refuse)."""
+    if name in BACKENDS and name not in CHECKPOINT_BACKENDS and "checkpoint" in options:
+        raise ValueError(
+            f"the {name} backend runs the exported graphs and takes no checkpoint (only "
+            f"{', '.join(CHECKPOINT_BACKENDS)} do)"
+        )
     if name in ("ort", "ort-cuda"):
         from iounet.runtime.ort_backend import OnnxRuntimeBackend
 
@@ -276,7 +311,7 @@ def open_backend(manifest: Manifest, name: str, **options: object) -> Backend:
         from iounet.runtime.trt_backend import TensorRTBackend
 
         return TensorRTBackend(manifest.folder, **options)
-    if name in ("torch", "torch-native", "torch-cuda"):
+    if name in CHECKPOINT_BACKENDS:
         checkpoint = options.pop("checkpoint", None)
         if checkpoint is None:
             raise ValueError(f"the {name} backend needs the checkpoint the model was exported from")
@@ -300,6 +335,39 @@ def check_exported_from(manifest: Manifest, checkpoint: str | os.PathLike) -> No
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     if sha256_file(checkpoint) != manifest.checkpoint.sha256:
         raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
+
+
+def _axis_scales(
+    size: tuple[int, int], resized: tuple[int, int], scale: float
+) -> tuple[float, float]:
+    """The factors (x, y) from the pixels of an image of `size` (height, width) to those of its
+    resized image of `resized`: `scale`, unless a resized side was rounded up to its minimum of
+    1 pixel (an extreme aspect ratio), which then covers the whole side: that side's own factor."""
+    region = source_region(size[0], size[1], scale, resized)
+    x = scale if region[2] == resized[1] / scale else resized[1] / region[2]
+    y = scale if region[3] == resized[0] / scale else resized[0] / region[3]
+    return x, y
+
+
+def _scale_to(boxes: Tensor, factors: tuple[float, float], size: tuple[int, int]) -> Tensor:
+    """Boxes (N, 4) times the factors (x, y), clipped to an image of `size` (height, width)."""
+    if factors[0] == factors[1]:
+        return scale_boxes(boxes, factors[0], size)
+    return _clip(boxes * boxes.new_tensor(factors).repeat(2), size)
+
+
+def _unscale(boxes: Tensor, factors: tuple[float, float], size: tuple[int, int]) -> Tensor:
+    """Boxes (N, 4) divided by the factors (x, y), clipped to an image of `size` (height,
+    width)."""
+    if factors[0] == factors[1]:
+        return _clip(boxes / factors[0], size)
+    return _clip(boxes / boxes.new_tensor(factors).repeat(2), size)
+
+
+def _clip(boxes: Tensor, size: tuple[int, int]) -> Tensor:
+    """Boxes (N, 4) clipped to an image of `size` (height, width)."""
+    height, width = size
+    return boxes.clamp_min(0).minimum(boxes.new_tensor([width, height, width, height]))
 
 
 def _float_image(image: Tensor) -> Tensor:

@@ -104,14 +104,16 @@ def test_resize_scales_image_and_boxes_by_one_factor(files, min_size, max_size, 
 @pytest.mark.parametrize(("min_size", "max_size"), [(100, 1000), (37, 1000), (300, 450)])
 def test_images_are_the_pixels_the_api_and_infer_see(files, min_size, max_size):
     """One loader and one resize for training, evaluation, the API and `iounet infer`: an item's
-    image is load_image of its file resized by resize_image, bit for bit."""
-    from iounet.training.images import load_image, resize_image
+    image is load_resized of its file (resized in 8 bits), bit for bit."""
+    from iounet.training.images import load_image, load_resized, resize_image
 
     dataset = _dataset(files, min_size=min_size, max_size=max_size)
     for image_id, info in zip((10, 30), (IMAGES[0], IMAGES[2]), strict=True):
         image, _ = _item(dataset, image_id)
-        expected, _ = resize_image(load_image(files[0] / info["file_name"]), min_size, max_size)
+        expected, _, _ = load_resized(files[0] / info["file_name"], min_size, max_size)
         assert torch.equal(image, expected)
+        in_float, _ = resize_image(load_image(files[0] / info["file_name"]), min_size, max_size)
+        assert (image - in_float).abs().max() <= 1.5 / 255  # 8-bit fixed-point resizing
 
 
 def test_resized_content_moves_with_the_boxes(tmp_path):

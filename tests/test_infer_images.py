@@ -14,10 +14,11 @@ from PIL import Image
 
 from iounet.cli import main
 from iounet.export.manifest import load_manifest
+from iounet.files import Output
 from iounet.runtime.image_folder import SHOWN_NAMES, list_images
 from iounet.runtime.inference import write_results
 from iounet.runtime.pipeline import Pipeline
-from iounet.training.images import load_image
+from iounet.training.images import is_wide, load_image, open_image
 from iounet.training.synthetic import generate_synthetic_dataset
 
 pytest.importorskip("onnxruntime_extensions")
@@ -88,6 +89,15 @@ def _ids(exported: tuple[Path, Path]) -> list[int]:
     return load_manifest(exported[1]).category_ids
 
 
+def _file_pixels(path: Path) -> torch.Tensor:
+    """An image file's pixels as the API takes them: uint8 for 8-bit files (resized in 8 bits,
+    as `iounet infer` does), float for 16-bit ones."""
+    image = open_image(path)
+    if is_wide(image):
+        return load_image(path)
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+
+
 def _assert_same(written: list[dict], expected: list[dict]) -> None:
     assert len(written) == len(expected) > 0
     for got, want in zip(written, expected, strict=True):
@@ -110,7 +120,7 @@ def test_a_folder_gives_the_pipeline_results_with_file_names_as_ids(
     grouped = _by_image(results)
     assert sorted(grouped) == IMAGES  # every image detected something; ids are file names
     for name in IMAGES:
-        image = load_image(image_folder / name)
+        image = _file_pixels(image_folder / name)
         expected = _expected(joint_pipeline, _ids(exported_joint_model), image)
         _assert_same(grouped[name], expected)
         height, width = image.shape[1:]
@@ -171,7 +181,7 @@ def test_annotations_give_the_listed_images_with_coco_ids(
     assert sorted(grouped) == sorted(image["id"] for image in coco["images"])
     assert all(isinstance(image_id, int) for image_id in grouped)
     for image in coco["images"]:
-        pixels = load_image(val_set / "images" / image["file_name"])
+        pixels = _file_pixels(val_set / "images" / image["file_name"])
         _assert_same(
             grouped[image["id"]], _expected(joint_pipeline, _ids(exported_joint_model), pixels)
         )
@@ -212,7 +222,7 @@ def test_detections_are_run_as_given(exported_model, val_set, tmp_path):
         boxes = torch.tensor([d["bbox"] for d in items])
         boxes[:, 2:] += boxes[:, :2]
         labels = torch.tensor([ids.index(d["category_id"]) for d in items])
-        pixels = load_image(val_set / "images" / image["file_name"])
+        pixels = _file_pixels(val_set / "images" / image["file_name"])
         expected = _expected(pipeline, ids, pixels, boxes, torch.full((len(items),), 0.9), labels)
         _assert_same(grouped[image["id"]], expected)
 
@@ -313,8 +323,8 @@ def test_write_results_streams_and_leaves_nothing_on_error(tmp_path):
         raise ValueError("cannot decode image b.png")
 
     with pytest.raises(ValueError, match=r"b\.png"):
-        write_results(path, failing())
+        write_results(Output(path), failing())
     assert list(tmp_path.iterdir()) == []
-    assert write_results(path, iter([first, [], first])) == 2
+    assert write_results(Output(path), iter([first, [], first])) == 2
     assert json.loads(path.read_text()) == [{**first[0], "score": None}] * 2
     assert path.read_text() == json.dumps([{**first[0], "score": None}] * 2)

@@ -15,6 +15,7 @@ from iounet.runtime import iou_nms, refine_boxes
 from iounet.runtime.bench import format_latency_table, measure, synthetic_inputs
 from iounet.runtime.pipeline import Pipeline, PipelineConfig, open_backend
 from iounet.runtime.torch_backend import TorchBackend
+from iounet.training.images import resize_image, resize_pixels
 from iounet.training.synthetic import generate_synthetic_dataset
 
 
@@ -100,13 +101,20 @@ def test_bad_inputs_are_named(pipelines, image, boxes, labels, message):
         ort(image, boxes, torch.ones(len(labels)), torch.tensor(labels))
 
 
-def test_uint8_image_is_divided_by_255_and_other_integers_are_refused(pipelines):
+def test_uint8_image_is_resized_in_8_bits_as_files_are_and_other_integers_are_refused(
+    pipelines,
+):
     ort, _ = pipelines
     inputs = synthetic_inputs(64, 64, 40, 5, seed=5)
+    raw = (inputs.boxes, inputs.scores, inputs.labels)
     pixels = (inputs.image * 255).round().to(torch.uint8)
-    as_uint8 = ort(pixels, inputs.boxes, inputs.scores, inputs.labels)
-    as_float = ort(pixels.float() / 255, inputs.boxes, inputs.scores, inputs.labels)
-    assert torch.equal(as_uint8.boxes, as_float.boxes) and torch.equal(as_uint8.ious, as_float.ious)
+    as_uint8 = ort(pixels, *raw)
+    resized, scale = resize_pixels(pixels, *ort.input_size)
+    as_file = ort.run_scaled(resized, scale, (64, 64), *raw)
+    assert torch.equal(as_uint8.boxes, as_file.boxes) and torch.equal(as_uint8.ious, as_file.ious)
+    in_float, float_scale = resize_image(pixels.float() / 255, *ort.input_size)
+    assert scale == float_scale != 1.0
+    assert (resized - in_float).abs().max() <= 1.5 / 255  # 8-bit rounding of the resized image
     with pytest.raises(TypeError, match="float"):
         ort(pixels.int(), inputs.boxes, inputs.scores, inputs.labels)
 

@@ -20,12 +20,7 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from iounet.training.images import (
-    is_wide,
-    resize_image,
-    resized_shape,
-    wide_to_tensor,
-)
+from iounet.training.images import decode_image, resize_decoded, resized_shape
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,7 +117,7 @@ class CocoDetection(Dataset):
                 continue
             record = self._records[position]
             try:
-                image = _decode(record)
+                image = _decode(record, (self.min_size, self.max_size))
             except ValueError:
                 if not self.skip_unreadable:
                     raise
@@ -174,14 +169,9 @@ class CocoDetection(Dataset):
 
     def _item(self, record: _Record, image: Image.Image) -> tuple[Tensor, dict[str, Tensor]]:
         scale, height, width = self.resized_shape(record.height, record.width)
-        # the pixels load_image gives (16-bit images never clipped to 8 bits), resized in float
-        # by resize_image: what the API and `iounet infer` do with the same file
-        if is_wide(image):
-            pixels = wide_to_tensor(image)
-        else:
-            pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-            pixels = pixels.to(torch.float32).div_(255.0)
-        pixels, _ = resize_image(pixels, self.min_size, self.max_size)
+        # what `iounet infer` and the API make of the same file (load_resized)
+        size = (record.height, record.width)
+        pixels, _ = resize_decoded(image, size, self.min_size, self.max_size)
         boxes, keep = _resize_boxes(record.boxes, scale, height, width)
         crowd_boxes, _ = _resize_boxes(record.crowd_boxes, scale, height, width)
         target = {
@@ -212,18 +202,16 @@ def _resize_boxes(
     return boxes[keep], keep
 
 
-def _decode(record: _Record) -> Image.Image:
-    """Return the record's image as RGB (16-bit images as they are); raise ValueError naming the
-    file if it cannot."""
-    try:
-        with Image.open(record.path) as image:
-            image.load()
-            image = image if is_wide(image) else image.convert("RGB")
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ValueError(f"cannot decode image {record.path}: {error}") from error
-    if image.size != (record.width, record.height):
+def _decode(record: _Record, model_size: tuple[int, int]) -> Image.Image:
+    """Return the record's image as ``iounet infer`` decodes it (``decode_image``: as shown,
+    unless the annotation's size is the stored pixels'); ValueError naming the file if it
+    cannot be decoded or does not have the annotation's size."""
+    image, (height, width) = decode_image(
+        record.path, expected_size=(record.height, record.width), model_size=model_size
+    )
+    if (width, height) != (record.width, record.height):
         raise ValueError(
-            f"image {record.path} is {image.size[0]}x{image.size[1]} pixels but its annotation "
+            f"image {record.path} is {width}x{height} pixels but its annotation "
             f"says {record.width}x{record.height}"
         )
     return image
