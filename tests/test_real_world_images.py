@@ -165,3 +165,26 @@ def test_a_large_image_is_decoded_and_resized_within_a_memory_bound(tmp_path):
     decoded_mb = side * side * 4 / 2**20  # PIL holds RGB as 4 bytes a pixel
     print(f"peak growth {grown_mb} MB for a {side}x{side} PNG (decoded {decoded_mb:.0f} MB)")
     assert grown_mb < 1.5 * decoded_mb
+
+
+def test_an_undecodable_image_late_in_the_folder_stops_infer_before_the_model_loads(
+    exported_joint_model, tmp_path, monkeypatch, capsys
+):
+    from iounet.runtime import pipeline
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(3):
+        Image.fromarray(_pixels(40, 50, index)).save(folder / f"{index:03d}.png")
+    (folder / "zzz.png").write_bytes(b"\x89PNG not really")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was opened before every image was checked")
+
+    monkeypatch.setattr(pipeline, "open_backend", no_model)
+    out = tmp_path / "out.json"
+    args = ["infer", "--model", str(exported_joint_model[1]), "--images", str(folder)]
+    assert main([*args, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "cannot decode image" in error and "zzz.png" in error
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["images"]
