@@ -1,8 +1,11 @@
 """Images as the model takes them: one loader, one resize rule, padded batches.
 
-The command line (through ``CocoDetection``) and the Python API (``iounet.runtime.Pipeline``)
-both load files with :func:`load_image` and size images with :func:`resized_shape`; PIL is
-imported inside the functions that need it, so importing this module loads no image library.
+Files are decoded as viewers show them (:func:`decode_image`: EXIF orientation, a pixel limit
+against decompression bombs) and resized in 8 bits (:func:`resize_decoded`): training and
+evaluation (``CocoDetection``), ``iounet infer`` (:func:`load_resized`) and the Python API on
+uint8 images (``iounet.runtime.Pipeline``, :func:`resize_pixels`) take the same pixels, sized by
+:func:`resized_shape`. PIL is imported inside the functions that need it, so importing this
+module loads no image library.
 """
 
 from __future__ import annotations
