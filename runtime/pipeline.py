@@ -23,7 +23,6 @@ from iounet.runtime.budget import (
     bytes_per_box,
     chunks,
 )
-from iounet.runtime.detections import scale_boxes
 from iounet.runtime.names import BACKENDS, CHECKPOINT_BACKENDS
 from iounet.runtime.suppression import iou_nms, nms
 from iounet.training.images import pad_images, resize_image, resize_pixels, source_region
@@ -154,18 +153,16 @@ class Pipeline:
         """The final detections of `image` in its own pixels (see the class docstring). A uint8
         image is resized in 8 bits, as ``iounet infer`` resizes image files; a float one in
         float."""
-        checked = _float_image(image)
-        _check_inputs(checked, boxes, scores, labels, self.num_classes)
+        _check_inputs(image, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
         if self.input_size is None:
-            return self._run(checked, boxes, scores, labels, timer)
+            return self._run(_float_image(image), boxes, scores, labels, timer)
         size = (int(image.shape[1]), int(image.shape[2]))
         if image.dtype == torch.uint8:
-            del checked
             resized, scale = resize_pixels(image, *self.input_size)
         else:
-            resized, scale = resize_image(checked, *self.input_size)
-        return self.run_scaled(resized, scale, size, boxes, scores, labels, timer)
+            resized, scale = resize_image(image, *self.input_size)
+        return self._run_scaled(resized, scale, size, boxes, scores, labels, timer)
 
     def run_scaled(
         self,
@@ -181,9 +178,21 @@ class Pipeline:
         input size (`resized`, by the rule of ``iounet.training.images.resized_shape`` with
         `scale`, as ``load_resized`` gives it; float in [0, 1], or uint8), raw boxes and
         results in the pixels of `size`, within the image."""
-        resized = _float_image(resized)
         _check_inputs(resized, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
+        return self._run_scaled(resized, scale, size, boxes, scores, labels, timer)
+
+    def _run_scaled(
+        self,
+        resized: Tensor,
+        scale: float,
+        size: tuple[int, int],
+        boxes: Tensor | None,
+        scores: Tensor | None,
+        labels: Tensor | None,
+        timer: StageTimer | None,
+    ) -> Detections:
+        resized = _float_image(resized)
         resized_size = (int(resized.shape[1]), int(resized.shape[2]))
         factors = _axis_scales(size, resized_size, scale)
         if boxes is not None:
@@ -203,18 +212,17 @@ class Pipeline:
         """The pipeline on an image already at the model's input size (float in [0, 1], or
         uint8), boxes in its pixels (what ``__call__`` does after resizing; ``iounet bench``
         calls it with its images at the size it times)."""
-        image = _float_image(image)
         _check_inputs(image, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
-        return self._run(image, boxes, scores, labels, timer)
+        return self._run(_float_image(image), boxes, scores, labels, timer)
 
     def detect_resized(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The model's detector alone on an image at the model's input size: its raw
         detections before NMS (boxes (D, 4) in the image's pixels, scores (D,), labels (D,)),
         most confident first. The image is float in [0, 1], or uint8."""
-        image = _float_image(image)
         _check_inputs(image, None, None, None, self.num_classes)
         self._check_detector(None)
+        image = _float_image(image)
         features = self.backend.features(pad_images([image.float()], self.size_divisor))
         return self._detect(features, (int(image.shape[1]), int(image.shape[2])), None)
 
@@ -351,16 +359,12 @@ def _axis_scales(
 
 def _scale_to(boxes: Tensor, factors: tuple[float, float], size: tuple[int, int]) -> Tensor:
     """Boxes (N, 4) times the factors (x, y), clipped to an image of `size` (height, width)."""
-    if factors[0] == factors[1]:
-        return scale_boxes(boxes, factors[0], size)
     return _clip(boxes * boxes.new_tensor(factors).repeat(2), size)
 
 
 def _unscale(boxes: Tensor, factors: tuple[float, float], size: tuple[int, int]) -> Tensor:
     """Boxes (N, 4) divided by the factors (x, y), clipped to an image of `size` (height,
     width)."""
-    if factors[0] == factors[1]:
-        return _clip(boxes / factors[0], size)
     return _clip(boxes / boxes.new_tensor(factors).repeat(2), size)
 
 
@@ -398,15 +402,7 @@ def _check_inputs(
         )
     if image.shape[1] == 0 or image.shape[2] == 0:
         raise ValueError(f"image is empty: shape {tuple(image.shape)}")
-    if not image.is_floating_point():
-        raise TypeError(f"image must be a float (RGB in [0, 1]) or uint8 tensor, got {image.dtype}")
-    if not bool(torch.isfinite(image).all()):
-        raise ValueError("image has NaN or Inf pixels")
-    low, high = float(image.min()), float(image.max())
-    if low < 0 or high > 1:
-        raise ValueError(
-            f"image values must lie in [0, 1] (8-bit pixels / 255), got [{low:g}, {high:g}]"
-        )
+    _check_pixels(image)
     if boxes is None or scores is None or labels is None:
         return
     if boxes.dim() != 2 or boxes.shape[1] != 4:
@@ -421,6 +417,21 @@ def _check_inputs(
         raise ValueError("boxes and scores must be finite")
     if count and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must lie in [0, {num_classes - 1}] ({num_classes} classes)")
+
+
+def _check_pixels(image: Tensor) -> None:
+    """uint8 pixels are all valid; float ones must be finite and in [0, 1]."""
+    if image.dtype == torch.uint8:
+        return
+    if not image.is_floating_point():
+        raise TypeError(f"image must be a float (RGB in [0, 1]) or uint8 tensor, got {image.dtype}")
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("image has NaN or Inf pixels")
+    low, high = float(image.min()), float(image.max())
+    if low < 0 or high > 1:
+        raise ValueError(
+            f"image values must lie in [0, 1] (8-bit pixels / 255), got [{low:g}, {high:g}]"
+        )
 
 
 class _Clock:
