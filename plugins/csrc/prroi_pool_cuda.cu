@@ -7,6 +7,13 @@
 
 #include <algorithm>
 
+// Every launch is IOUNET_LAUNCH(grid, block, sharedBytes, stream, kernel)(arguments...): nvcc's
+// kernel<<<grid, block, sharedBytes, stream>>>(arguments...) here; the host emulation
+// (plugins/cuda_host) defines it to run the same kernel on CPU threads.
+#ifndef IOUNET_LAUNCH
+#define IOUNET_LAUNCH(grid, block, sharedBytes, stream, ...) __VA_ARGS__<<<grid, block, sharedBytes, stream>>>
+#endif
+
 namespace iounet {
 namespace {
 
@@ -116,7 +123,7 @@ cudaError_t finishFeatureGrad(float*, float*, int64_t, cudaStream_t)
 
 cudaError_t finishFeatureGrad(__half* gradFeatures, float* workspace, int64_t count, cudaStream_t stream)
 {
-    toHalfKernel<<<blocksFor(count), kThreads, 0, stream>>>(workspace, gradFeatures, count);
+    IOUNET_LAUNCH(blocksFor(count), kThreads, 0, stream, toHalfKernel)(workspace, gradFeatures, count);
     return cudaGetLastError();
 }
 
@@ -155,7 +162,7 @@ cudaError_t prroiPoolForwardCuda(
     {
         return cudaSuccess;
     }
-    forwardKernel<T, R><<<blocksFor(total), kThreads, 0, stream>>>(features, rois, output, shape);
+    IOUNET_LAUNCH(blocksFor(total), kThreads, 0, stream, forwardKernel<T, R>)(features, rois, output, shape);
     return cudaGetLastError();
 }
 
@@ -167,7 +174,8 @@ cudaError_t prroiPoolCoordGradCuda(const T* features, const R* rois, const T* gr
     {
         return cudaSuccess;
     }
-    coordGradKernel<T, R><<<shape.numRois, kCoordGradThreads, 0, stream>>>(features, rois, gradOutput, gradRois, shape);
+    IOUNET_LAUNCH(shape.numRois, kCoordGradThreads, 0, stream, coordGradKernel<T, R>)(
+        features, rois, gradOutput, gradRois, shape);
     return cudaGetLastError();
 }
 
@@ -189,7 +197,8 @@ cudaError_t prroiPoolFeatureGradCuda(const R* rois, const T* gradOutput, T* grad
     const int64_t total = pooledCount(shape);
     if (status == cudaSuccess && total > 0)
     {
-        featureGradKernel<T, R><<<blocksFor(total), kThreads, 0, stream>>>(rois, gradOutput, accumulator, shape);
+        IOUNET_LAUNCH(blocksFor(total), kThreads, 0, stream, featureGradKernel<T, R>)(
+            rois, gradOutput, accumulator, shape);
         status = cudaGetLastError();
     }
     return status == cudaSuccess ? finishFeatureGrad(gradFeatures, workspace, count, stream) : status;
@@ -217,14 +226,14 @@ cudaError_t iouNmsCuda(const S* boxes, const S* scores, const int64_t* order, co
     }
     uint64_t* mask = static_cast<uint64_t*>(workspace);
     uint64_t* removed = mask + n * nmsMaskWords(n);
-    iouNmsMaskKernel<S><<<blocksFor(n * nmsMaskWords(n)), kThreads, 0, stream>>>(
+    IOUNET_LAUNCH(blocksFor(n * nmsMaskWords(n)), kThreads, 0, stream, iouNmsMaskKernel<S>)(
         boxes, labels, order, n, threshold, mask);
     cudaError_t status = cudaGetLastError();
     if (status != cudaSuccess)
     {
         return status;
     }
-    iouNmsPassKernel<S><<<1, 1, 0, stream>>>(mask, scores, order, n, removed, keep, keptScores, numKept);
+    IOUNET_LAUNCH(1, 1, 0, stream, iouNmsPassKernel<S>)(mask, scores, order, n, removed, keep, keptScores, numKept);
     return cudaGetLastError();
 }
 

@@ -1,0 +1,4 @@
+// Stands in for the CUDA toolkit's cuda_runtime.h in the host emulation (../cuda_host.h).
+#pragma once
+
+#include "../cuda_host.h"
