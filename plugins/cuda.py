@@ -15,6 +15,7 @@ with the library's message.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import math
@@ -105,6 +106,18 @@ def load_library() -> ctypes.CDLL:
             f"{path} was built from iounet {built}, this is iounet {__version__}: {BUILD_HINT}"
         )
     return library
+
+
+def device_type() -> str:
+    """The device type of the tensors the loaded library takes: ``"cuda"``, or ``"cpu"`` for the
+    library built on the host emulation of the CUDA execution model (``plugins/cuda_host``), which
+    the tests run the kernels on."""
+    return _device_type(load_library())
+
+
+@functools.cache
+def _device_type(library: ctypes.CDLL) -> str:
+    return "cpu" if hasattr(library, "iounet_cuda_host_emulation") else "cuda"
 
 
 def library_version() -> str:
@@ -215,7 +228,8 @@ def iou_nms(
     size = library.iounet_iou_nms_cuda_workspace_bytes(n)
     if size < 0:
         raise ValueError(f"iou_nms: {n} boxes are too many for the CUDA kernels")
-    with torch.cuda.device(device):
+    context, stream = _on(device)
+    with context:
         box_table = boxes.detach().contiguous()
         score_table = scores.detach().contiguous()
         order = torch.argsort(ious.detach(), descending=True, stable=True)
@@ -233,7 +247,7 @@ def iou_nms(
             keep.data_ptr(),
             kept_scores.data_ptr(),
             num_kept.data_ptr(),
-            torch.cuda.current_stream(device).cuda_stream,
+            stream,
         )
         _raise_for(status, name)
     count = int(num_kept.item())
@@ -245,8 +259,7 @@ def _prepare(
 ) -> tuple[Tensor, Tensor, _Shape]:
     if not isinstance(features, Tensor) or not isinstance(rois, Tensor):
         raise TypeError("features and rois must be torch.Tensors")
-    if features.device.type != "cuda":
-        raise ValueError(f"features must be a CUDA tensor, got one on {features.device}")
+    _check_device("features", features)
     if features.dim() != 4:
         raise ValueError(f"features must be (N, C, H, W), got shape {tuple(features.shape)}")
     if features.dtype not in _SUFFIX:
@@ -300,8 +313,7 @@ def _check_nms(
     for name, tensor in (("boxes", boxes), ("scores", scores), ("ious", ious), ("labels", labels)):
         if not isinstance(tensor, Tensor) and not (name == "labels" and tensor is None):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    if boxes.device.type != "cuda":
-        raise ValueError(f"boxes must be a CUDA tensor, got one on {boxes.device}")
+    _check_device("boxes", boxes)
     if boxes.dtype not in _NMS_SUFFIX:
         raise TypeError(f"boxes must be float32 or float64, got {boxes.dtype}")
     if boxes.dim() != 2 or boxes.shape[1] != 4:
@@ -334,10 +346,25 @@ def _launch(name: str, *arguments: Tensor | _Shape) -> None:
     """Call `name` with the tensors' pointers (and the shape) and their device's current stream."""
     device = next(a for a in arguments if isinstance(a, Tensor)).device
     values = [ctypes.byref(a) if isinstance(a, _Shape) else a.data_ptr() for a in arguments]
-    with torch.cuda.device(device):
-        stream = torch.cuda.current_stream(device).cuda_stream
+    context, stream = _on(device)
+    with context:
         status = getattr(load_library(), name)(*values, stream)
     _raise_for(status, name)
+
+
+def _check_device(name: str, tensor: Tensor) -> None:
+    expected = device_type()
+    if tensor.device.type != expected:
+        kind = "a CUDA tensor" if expected == "cuda" else "a CPU tensor (host-emulation library)"
+        raise ValueError(f"{name} must be {kind}, got one on {tensor.device}")
+
+
+def _on(device: torch.device) -> tuple[contextlib.AbstractContextManager[object], int | None]:
+    """A context making `device` current, and the handle of its current stream (the host
+    emulation has one stream: None)."""
+    if device.type != "cuda":
+        return contextlib.nullcontext(), None
+    return torch.cuda.device(device), torch.cuda.current_stream(device).cuda_stream
 
 
 def _raise_for(status: int, name: str) -> None:
