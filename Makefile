@@ -4,8 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BUILD := build
-# GPU architectures of the CUDA kernels (nvcc 13: 75 and newer; see README for 61/70).
+# GPU architectures of the CUDA kernels (nvcc 13: 75 and newer; make cuda12 builds 61/70).
 CUDA_ARCHS ?= 75;80;86;89;90
+# make cuda12: a CUDA 12 toolkit's nvcc (the newest /usr/local/cuda-12.*) and its architectures.
+CUDA12_NVCC ?= $(lastword $(sort $(wildcard /usr/local/cuda-12.*/bin/nvcc)))
+CUDA12_ARCHS ?= 61;70;75;80;86;89;90
 # A TensorRT folder (include/, lib/) builds the TensorRT plugins too.
 TENSORRT_ROOT ?=
 JOBS ?= 2
@@ -15,7 +18,7 @@ ifeq ($(CMAKE),)
 CMAKE := $(VENV)/bin/cmake
 endif
 
-.PHONY: test demo reproduce native coverage lint bench gpu-check clean
+.PHONY: test demo reproduce native cuda12 coverage lint bench gpu-check clean
 
 test: $(INSTALLED) native coverage
 	$(PY) -m ruff check .
@@ -39,6 +42,14 @@ reproduce: $(INSTALLED) native
 native: $(CMAKE)
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_CUDA_ARCHITECTURES="$(CUDA_ARCHS)" -DTENSORRT_ROOT="$(TENSORRT_ROOT)"
 	$(CMAKE) --build $(BUILD) -j$(JOBS)
+
+# The CUDA kernels for TITAN X (Pascal), TITAN Xp (sm_61) and TITAN V (sm_70), which CUDA 13
+# dropped: NVIDIA's CUDA 12 toolkit (PyPI has no CUDA 12 nvcc) builds them into build-cuda12/, and
+# the libraries Python loads are copied into plugins/lib as by make native.
+cuda12: $(CMAKE)
+	@test -x "$(CUDA12_NVCC)" || { echo "make cuda12: no CUDA 12 nvcc: install NVIDIA's CUDA 12.x toolkit or pass CUDA12_NVCC=<its bin/nvcc>" >&2; exit 2; }
+	$(CMAKE) -S . -B build-cuda12 -DCMAKE_CUDA_COMPILER="$(CUDA12_NVCC)" -DCMAKE_CUDA_ARCHITECTURES="$(CUDA12_ARCHS)" -DIOUNET_SANITIZE=OFF -DIOUNET_COVERAGE=OFF
+	$(CMAKE) --build build-cuda12 -j$(JOBS) --target iounet_python_libraries
 
 # Line coverage of the kernel headers (prroi_pool_math.h, prroi_pool_kernel_bodies.h) by the host
 # tests, printed as one line; fails below 100% (a few seconds; cmake/kernel_coverage.cmake).
@@ -70,4 +81,4 @@ $(VENV)/bin/cmake: | $(PY)
 	$(PY) -m pip install --quiet 'cmake>=3.18'
 
 clean:
-	rm -rf $(BUILD) build-gpu plugins/lib
+	rm -rf $(BUILD) build-gpu build-cuda12 plugins/lib
