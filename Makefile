@@ -18,12 +18,12 @@ ifeq ($(CMAKE),)
 CMAKE := $(VENV)/bin/cmake
 endif
 
-.PHONY: test demo reproduce native cuda12 coverage lint bench gpu-check clean
+.PHONY: test demo reproduce native cuda12 cuda-emulation coverage lint bench gpu-check clean
 
-test: $(INSTALLED) native coverage
+test: $(INSTALLED) native coverage cuda-emulation
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	cd $(BUILD) && ctest --output-on-failure
+	cd $(BUILD) && ctest -LE cuda-emulation --output-on-failure
 	$(PY) -m pytest -m "not slow"
 
 # The whole stack on the synthetic benchmark (trained models are reused from demo-work/).
@@ -50,6 +50,14 @@ cuda12: $(CMAKE)
 	@test -x "$(CUDA12_NVCC)" || { echo "make cuda12: no CUDA 12 nvcc: install NVIDIA's CUDA 12.x toolkit or pass CUDA12_NVCC=<its bin/nvcc>" >&2; exit 2; }
 	$(CMAKE) -S . -B build-cuda12 -DCMAKE_CUDA_COMPILER="$(CUDA12_NVCC)" -DCMAKE_CUDA_ARCHITECTURES="$(CUDA12_ARCHS)" -DIOUNET_SANITIZE=OFF -DIOUNET_COVERAGE=OFF
 	$(CMAKE) --build build-cuda12 -j$(JOBS) --target iounet_python_libraries
+
+# The CUDA kernels as launched, on the CPU: the unchanged kernel sources built against a host
+# emulation of the CUDA execution model (plugins/cuda_host) and run over the edge-case table under
+# ThreadSanitizer and under AddressSanitizer + UBSan, with planted bugs that must be caught (about
+# 2 minutes on 2 cores). Also builds build/lib/libiounet_prroi_cuda_host.so for the pytest binding test.
+cuda-emulation: native
+	$(CMAKE) --build $(BUILD) --target cuda_emulation -j$(JOBS)
+	cd $(BUILD) && ctest -L cuda-emulation -j$(JOBS) --output-on-failure
 
 # Line coverage of the kernel headers (prroi_pool_math.h, prroi_pool_kernel_bodies.h) by the host
 # tests, printed as one line; fails below 100% (a few seconds; cmake/kernel_coverage.cmake).
