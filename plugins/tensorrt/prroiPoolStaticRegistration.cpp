@@ -1,8 +1,15 @@
 // libiounet_trt_plugin_static: a self-registering front end of libiounet_trt_plugin for loaders that only
-// dlopen a library (trtexec --staticPlugins, polygraphy --plugins, Python ctypes.CDLL). On load it registers the
-// creators of getCreators() with the plugin registry of the TensorRT already loaded in the process; it never
-// loads TensorRT itself and has no link-time dependency on it.
+// dlopen a library (trtexec --staticPlugins, or --plugins before TensorRT 8.6, polygraphy --plugins, Python
+// ctypes.CDLL). On load it registers the library's creators (getCreators() from TensorRT 10, getPluginCreators()
+// for 8.5 and 8.6) with the plugin registry of the TensorRT already loaded in the process; it never loads TensorRT
+// itself and has no link-time dependency on it.
+#include "prroiPoolCommon.h"
+
+#if IOUNET_TRT_PLUGIN_V3
 #include "prroiPoolPlugin.h"
+#else
+#include "prroiPoolPluginV2.h"
+#endif
 
 #include <dlfcn.h>
 
@@ -39,15 +46,21 @@ void registerCreators() noexcept
     {
         std::fprintf(stderr,
             "[iounet TensorRT plugin] error: TensorRT is not loaded in this process, so the PrRoIPool plugins were "
-            "not registered; load TensorRT first (e.g. import tensorrt) or use libiounet_trt_plugin with "
-            "IPluginRegistry::loadLibrary\n");
+            "not registered; load TensorRT first (e.g. import tensorrt) or, from TensorRT 8.6, use "
+            "libiounet_trt_plugin with IPluginRegistry::loadLibrary\n");
         return;
     }
     int32_t count = 0;
+#if IOUNET_TRT_PLUGIN_V3
     nvinfer1::IPluginCreatorInterface* const* creators = getCreators(count);
+    using Creator = nvinfer1::IPluginCreatorV3One;
+#else
+    nvinfer1::IPluginCreator* const* creators = getPluginCreators(count);
+    using Creator = nvinfer1::IPluginCreator;
+#endif
     for (int32_t i = 0; i < count; ++i)
     {
-        auto const& creator = static_cast<nvinfer1::IPluginCreatorV3One const&>(*creators[i]);
+        auto const& creator = static_cast<Creator const&>(*creators[i]);
         if (!registry->registerCreator(*creators[i], creator.getPluginNamespace()))
         {
             std::fprintf(stderr,

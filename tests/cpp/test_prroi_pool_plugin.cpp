@@ -1,10 +1,21 @@
-// Host tests of the PrRoIPool TensorRT plugins: no GPU, no libnvinfer. The plugin objects are linked in; the two
-// plugin libraries are also loaded the way TensorRT loads them, with this program playing libnvinfer's registry.
+// Host tests of the PrRoIPool TensorRT plugins: no GPU, no libnvinfer. They test the plugin interface the headers
+// select, IPluginV3 (TensorRT 10 and later) or IPluginV2DynamicExt (8.5, 8.6), and through it the rules the two
+// share (prroiPoolCommon.h); each concept is tested once, through a few adapters over the two interfaces. The plugin
+// objects are linked in; the two plugin libraries are also loaded the way TensorRT loads them, with this program
+// playing libnvinfer's registry.
+#include "prroiPoolCommon.h"
+
+#if IOUNET_TRT_PLUGIN_V3
 #include "prroiPoolPlugin.h"
+#else
+#include "prroiPoolPluginV2.h"
+#endif
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +26,8 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 using nvinfer1::DataType;
@@ -22,16 +35,11 @@ using nvinfer1::Dims;
 using nvinfer1::DimsExprs;
 using nvinfer1::DynamicPluginTensorDesc;
 using nvinfer1::IDimensionExpr;
-using nvinfer1::IPluginCreatorInterface;
-using nvinfer1::IPluginCreatorV3One;
-using nvinfer1::IPluginV3;
-using nvinfer1::PluginCapabilityType;
 using nvinfer1::PluginField;
 using nvinfer1::PluginFieldCollection;
 using nvinfer1::PluginFieldType;
 using nvinfer1::PluginTensorDesc;
 using nvinfer1::TensorFormat;
-using nvinfer1::TensorRTPhase;
 
 namespace
 {
@@ -52,7 +60,10 @@ void check(bool ok, char const* what, int line)
     std::printf("FAILED line %d: %s\n", line, what);
 }
 
-//! Counts the errors the plugins report, so that expected errors are checked instead of printed.
+// ---------------------------------------------------------------------------------------------------------------------
+// The errors the plugins report, counted so that expected errors are checked instead of printed.
+
+#if IOUNET_TRT_LOGGER_FINDER
 class CountingLogger final : public nvinfer1::ILogger
 {
 public:
@@ -77,21 +88,65 @@ public:
 
 TestLoggerFinder gLoggerFinder;
 
+//! Number of errors the plugins report while call runs: the ones logged to the logger given with setLoggerFinder.
+int errorsDuring(std::function<void()> const& call)
+{
+    int const before = gLoggerFinder.logger.errors;
+    call();
+    return gLoggerFinder.logger.errors - before;
+}
+#else
+//! Errors read from stderr so far, by every capture including nested ones.
+int gCapturedErrors = 0;
+
+//! Number of errors the plugins report while call runs: TensorRT 8.5 gives plugins no logger, so they print their
+//! errors to stderr, which is captured meanwhile.
+int errorsDuring(std::function<void()> const& call)
+{
+    static char const prefix[] = "[iounet TensorRT plugin] error: ";
+    int const before = gCapturedErrors;
+    std::fflush(stderr);
+    std::FILE* capture = std::tmpfile();
+    int const saved = dup(STDERR_FILENO);
+    if (capture == nullptr || saved < 0 || dup2(fileno(capture), STDERR_FILENO) < 0)
+    {
+        std::printf("could not capture stderr\n");
+        std::abort();
+    }
+    call();
+    std::fflush(stderr);
+    dup2(saved, STDERR_FILENO);
+    close(saved);
+    std::rewind(capture);
+    char line[1024];
+    while (std::fgets(line, sizeof(line), capture) != nullptr)
+    {
+        gCapturedErrors += std::strncmp(line, prefix, sizeof(prefix) - 1) == 0 ? 1 : 0;
+    }
+    std::fclose(capture);
+    return gCapturedErrors - before;
+}
+#endif
+
 //! True when call() returns true and reports at least one error.
 bool failsWithError(std::function<bool()> const& call)
 {
-    int const before = gLoggerFinder.logger.errors;
-    return call() && gLoggerFinder.logger.errors > before;
+    bool failed = false;
+    int const errors = errorsDuring([&] { failed = call(); });
+    return failed && errors > 0;
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Dimension expressions: TensorRT's IExprBuilder and IDimensionExpr over test implementations of their apiv classes.
 
+//! The type of extents: int32_t up to TensorRT 8.6, int64_t from 10.
+using Extent = std::decay_t<decltype(std::declval<Dims&>().d[0])>;
+
 //! A constant, or a symbol whose value is unknown at build time.
 class TestExpr final : public IDimensionExpr
 {
 public:
-    TestExpr(bool constant, int64_t value)
+    TestExpr(bool constant, Extent value)
         : mState(constant, value)
     {
         mImpl = &mState;
@@ -101,7 +156,7 @@ private:
     class State final : public nvinfer1::apiv::VDimensionExpr
     {
     public:
-        State(bool constant, int64_t value)
+        State(bool constant, Extent value)
             : mConstant(constant)
             , mValue(value)
         {
@@ -112,19 +167,21 @@ private:
             return mConstant;
         }
 
-        int64_t getConstantValue() const override
+        Extent getConstantValue() const override
         {
-            return mConstant ? mValue : std::numeric_limits<int64_t>::min();
+            return mConstant ? mValue : std::numeric_limits<Extent>::min();
         }
 
+#if NV_TENSORRT_MAJOR >= 10
         bool isSizeTensor() const override
         {
             return false;
         }
+#endif
 
     private:
         bool mConstant;
-        int64_t mValue;
+        Extent mValue;
     };
 
     State mState;
@@ -145,10 +202,10 @@ public:
     }
 
     //! Shape expressions: a number >= 0 is a constant, -1 a fresh symbol.
-    DimsExprs exprs(std::initializer_list<int64_t> extents)
+    DimsExprs exprs(std::initializer_list<Extent> extents)
     {
         DimsExprs out{};
-        for (int64_t extent : extents)
+        for (Extent extent : extents)
         {
             out.d[out.nbDims++] = extent >= 0 ? constant(extent) : symbol();
         }
@@ -159,7 +216,7 @@ private:
     class State final : public nvinfer1::apiv::VExprBuilder
     {
     public:
-        IDimensionExpr const* constant(int64_t value) override
+        IDimensionExpr const* constant(Extent value) override
         {
             return make(true, value);
         }
@@ -170,13 +227,15 @@ private:
             return nullptr;
         }
 
+#if NV_TENSORRT_MAJOR >= 10
         IDimensionExpr const* declareSizeTensor(
             int32_t /*outputIndex*/, IDimensionExpr const& /*opt*/, IDimensionExpr const& /*upper*/) override
         {
             return nullptr;
         }
+#endif
 
-        IDimensionExpr const* make(bool constant, int64_t value)
+        IDimensionExpr const* make(bool constant, Extent value)
         {
             mExprs.push_back(std::make_unique<TestExpr>(constant, value));
             return mExprs.back().get();
@@ -189,7 +248,7 @@ private:
     State mState;
 };
 
-bool isConstant(IDimensionExpr const* expr, int64_t value)
+bool isConstant(IDimensionExpr const* expr, Extent value)
 {
     return expr != nullptr && expr->isConstant() && expr->getConstantValue() == value;
 }
@@ -202,7 +261,7 @@ Dims makeDims(std::initializer_list<int64_t> extents)
     Dims dims{};
     for (int64_t extent : extents)
     {
-        dims.d[dims.nbDims++] = extent;
+        dims.d[dims.nbDims++] = static_cast<Extent>(extent);
     }
     return dims;
 }
@@ -214,20 +273,11 @@ PluginTensorDesc makeDesc(Dims const& dims, DataType type = DataType::kFLOAT)
 
 DynamicPluginTensorDesc makeDynamicDesc(Dims const& dims, DataType type = DataType::kFLOAT)
 {
-    return DynamicPluginTensorDesc{makeDesc(dims, type), dims, dims, dims};
-}
-
-struct Creators
-{
-    IPluginCreatorV3One* forward;
-    IPluginCreatorV3One* coordGrad;
-};
-
-Creators creators()
-{
-    int32_t count = 0;
-    IPluginCreatorInterface* const* list = getCreators(count);
-    return Creators{static_cast<IPluginCreatorV3One*>(list[0]), static_cast<IPluginCreatorV3One*>(list[1])};
+    DynamicPluginTensorDesc desc{};
+    desc.desc = makeDesc(dims, type);
+    desc.min = dims;
+    desc.max = dims;
+    return desc;
 }
 
 //! Attribute fields over values owned by this object.
@@ -261,39 +311,220 @@ struct Attributes
     }
 };
 
-//! A plugin made by creator, owned.
-std::unique_ptr<iounet::PrRoIPoolPluginBase> create(IPluginCreatorV3One* creator, PluginFieldCollection const* fc,
-    TensorRTPhase phase = TensorRTPhase::kBUILD)
-{
-    return std::unique_ptr<iounet::PrRoIPoolPluginBase>(
-        dynamic_cast<iounet::PrRoIPoolPluginBase*>(creator->createPlugin("node", fc, phase)));
-}
-
-std::unique_ptr<iounet::PrRoIPoolPluginBase> create(IPluginCreatorV3One* creator)
-{
-    Attributes const attributes;
-    PluginFieldCollection const fc = attributes.collection();
-    return create(creator, &fc);
-}
-
 bool sameParams(iounet::PrRoIPoolParams const& a, iounet::PrRoIPoolParams const& b)
 {
     return a.pooledHeight == b.pooledHeight && a.pooledWidth == b.pooledWidth && a.spatialScale == b.spatialScale;
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Tests
+// The two interfaces, as the tests below use them.
+
+#if IOUNET_TRT_PLUGIN_V3
+using Creator = nvinfer1::IPluginCreatorV3One;
+using Plugin = iounet::PrRoIPoolPlugin;
+
+//! Tensor descriptions as supportsFormatCombination gets them.
+using FormatDesc = DynamicPluginTensorDesc;
+
+FormatDesc makeFormatDesc(DataType type, TensorFormat format)
+{
+    FormatDesc desc = makeDynamicDesc(makeDims({1}), type);
+    desc.desc.format = format;
+    return desc;
+}
+
+//! The library's creators entry point, and the one of the other interface, which the library must not export.
+using CreatorsEntry = nvinfer1::IPluginCreatorInterface* const* (*) (int32_t&);
+constexpr char kCREATORS_ENTRY[] = "getCreators";
+constexpr char kOTHER_CREATORS_ENTRY[] = "getPluginCreators";
+CreatorsEntry const kLINKED_CREATORS_ENTRY = getCreators;
+
+struct PluginDeleter
+{
+    void operator()(Plugin* plugin) const
+    {
+        delete plugin;
+    }
+};
+
+//! A plugin from creator in the build phase, or nullptr.
+Plugin* createPlugin(Creator* creator, PluginFieldCollection const* fc)
+{
+    return dynamic_cast<Plugin*>(creator->createPlugin("node", fc, nvinfer1::TensorRTPhase::kBUILD));
+}
+
+char const* pluginName(Plugin const& plugin)
+{
+    return plugin.getPluginName();
+}
+
+//! The output type for the input types with nbOutputs outputs, or nothing where the plugin refuses them.
+std::optional<DataType> outputType(Plugin& plugin, std::vector<DataType> const& inputTypes, int32_t nbOutputs = 1)
+{
+    DataType out = DataType::kINT8;
+    int32_t const status = plugin.getOutputDataTypes(
+        &out, nbOutputs, inputTypes.data(), static_cast<int32_t>(inputTypes.size()));
+    return status == 0 ? std::optional<DataType>(out) : std::nullopt;
+}
+
+//! The output shape of the inputs; false where the plugin refuses them.
+bool outputShape(Plugin& plugin, std::vector<DimsExprs> const& inputs, DimsExprs& out, TestExprBuilder& builder)
+{
+    return plugin.getOutputShapes(inputs.data(), static_cast<int32_t>(inputs.size()), nullptr, 0, &out, 1, builder)
+        == 0;
+}
+
+//! configurePlugin; false where the plugin refuses the descs.
+bool configure(Plugin& plugin, std::vector<DynamicPluginTensorDesc> const& in, DynamicPluginTensorDesc const& out,
+    int32_t nbOutputs = 1)
+{
+    return plugin.configurePlugin(in.data(), static_cast<int32_t>(in.size()), &out, nbOutputs) == 0;
+}
+
+//! Whether the plugin accepts concrete input shapes when they change (onShapeChange).
+bool acceptsShapes(Plugin& plugin, std::vector<PluginTensorDesc> const& in, PluginTensorDesc const& out,
+    int32_t nbOutputs = 1)
+{
+    return plugin.onShapeChange(in.data(), static_cast<int32_t>(in.size()), &out, nbOutputs) == 0;
+}
+
+//! Whether the output type is refused for float types no kernel takes together (float32 features, float16 rois).
+constexpr bool kREFUSES_MIXED_TYPES = true;
+#else
+using Creator = nvinfer1::IPluginCreator;
+using Plugin = iounet::PrRoIPoolPluginV2;
+
+//! Tensor descriptions as supportsFormatCombination gets them.
+using FormatDesc = PluginTensorDesc;
+
+FormatDesc makeFormatDesc(DataType type, TensorFormat format)
+{
+    FormatDesc desc = makeDesc(makeDims({1}), type);
+    desc.format = format;
+    return desc;
+}
+
+//! The library's creators entry point, and the one of the other interface, which the library must not export.
+using CreatorsEntry = nvinfer1::IPluginCreator* const* (*) (int32_t&);
+constexpr char kCREATORS_ENTRY[] = "getPluginCreators";
+constexpr char kOTHER_CREATORS_ENTRY[] = "getCreators";
+CreatorsEntry const kLINKED_CREATORS_ENTRY = getPluginCreators;
+
+struct PluginDeleter
+{
+    void operator()(Plugin* plugin) const
+    {
+        plugin->destroy();
+    }
+};
+
+//! A plugin from creator, or nullptr.
+Plugin* createPlugin(Creator* creator, PluginFieldCollection const* fc)
+{
+    return dynamic_cast<Plugin*>(creator->createPlugin("node", fc));
+}
+
+char const* pluginName(Plugin const& plugin)
+{
+    return plugin.getPluginType();
+}
+
+//! The type of the last of nbOutputs outputs for the input types, or nothing where the plugin reports an error.
+std::optional<DataType> outputType(Plugin& plugin, std::vector<DataType> const& inputTypes, int32_t nbOutputs = 1)
+{
+    DataType out = DataType::kINT8;
+    int const errors = errorsDuring([&] {
+        out = plugin.getOutputDataType(nbOutputs - 1, inputTypes.data(), static_cast<int32_t>(inputTypes.size()));
+    });
+    return errors == 0 ? std::optional<DataType>(out) : std::nullopt;
+}
+
+//! The output shape of the inputs; false where the plugin reports an error, after which the shape must be empty.
+bool outputShape(Plugin& plugin, std::vector<DimsExprs> const& inputs, DimsExprs& out, TestExprBuilder& builder)
+{
+    int const errors = errorsDuring(
+        [&] { out = plugin.getOutputDimensions(0, inputs.data(), static_cast<int32_t>(inputs.size()), builder); });
+    CHECK(errors == 0 || out.nbDims == 0);
+    return errors == 0;
+}
+
+//! configurePlugin; false where the plugin reports an error.
+bool configure(Plugin& plugin, std::vector<DynamicPluginTensorDesc> const& in, DynamicPluginTensorDesc const& out,
+    int32_t nbOutputs = 1)
+{
+    return errorsDuring([&] { plugin.configurePlugin(in.data(), static_cast<int32_t>(in.size()), &out, nbOutputs); })
+        == 0;
+}
+
+//! Whether the plugin accepts concrete input shapes: IPluginV2DynamicExt has no call for them, enqueue checks them
+//! with the op's kernelShape.
+bool acceptsShapes(Plugin& plugin, std::vector<PluginTensorDesc> const& in, PluginTensorDesc const& /*out*/,
+    int32_t nbOutputs = 1)
+{
+    return plugin.op().kernelShape(in.data(), static_cast<int32_t>(in.size()), nbOutputs).has_value();
+}
+
+//! Whether the output type is refused for float types no kernel takes together (float32 features, float16 rois):
+//! IPluginV2DynamicExt leaves them to supportsFormatCombination, which picks the types the plugin runs with.
+constexpr bool kREFUSES_MIXED_TYPES = false;
+#endif
+
+using PluginPtr = std::unique_ptr<Plugin, PluginDeleter>;
+
+//! The creators a creators entry point lists, as the interface's creator type.
+template <typename Listed>
+std::vector<Creator*> listCreators(Listed* const* list, int32_t count)
+{
+    std::vector<Creator*> out;
+    for (int32_t i = 0; list != nullptr && i < count; ++i)
+    {
+        out.push_back(static_cast<Creator*>(list[i]));
+    }
+    return out;
+}
+
+struct Creators
+{
+    Creator* forward;
+    Creator* coordGrad;
+};
+
+Creators creators()
+{
+    int32_t count = 0;
+    auto const* const listed = kLINKED_CREATORS_ENTRY(count);
+    std::vector<Creator*> const list = listCreators(listed, count);
+    return Creators{list.at(0), list.at(1)};
+}
+
+PluginPtr create(Creator* creator, PluginFieldCollection const* fc)
+{
+    return PluginPtr(createPlugin(creator, fc));
+}
+
+PluginPtr create(Creator* creator)
+{
+    Attributes const attributes;
+    PluginFieldCollection const fc = attributes.collection();
+    return create(creator, &fc);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Tests of both interfaces
 
 void testCreators()
 {
     int32_t count = -1;
-    IPluginCreatorInterface* const* list = getCreators(count);
-    CHECK(count == 2 && list != nullptr);
+    auto const* const listed = kLINKED_CREATORS_ENTRY(count);
+    std::vector<Creator*> const list = listCreators(listed, count);
+    CHECK(count == 2 && list.size() == 2);
     char const* const names[] = {"PrRoIPool", "PrRoIPoolCoordGrad"};
-    for (int32_t i = 0; i < count && i < 2; ++i)
+    for (size_t i = 0; i < list.size() && i < 2; ++i)
     {
-        CHECK(std::strcmp(list[i]->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
-        auto* creator = static_cast<IPluginCreatorV3One*>(list[i]);
+        Creator* creator = list[i];
+#if IOUNET_TRT_PLUGIN_V3
+        CHECK(std::strcmp(creator->getInterfaceInfo().kind, "PLUGIN CREATOR_V3ONE") == 0);
+#endif
         CHECK(std::strcmp(creator->getPluginName(), names[i]) == 0);
         CHECK(std::strcmp(creator->getPluginVersion(), "1") == 0);
         CHECK(std::strcmp(creator->getPluginNamespace(), "") == 0);
@@ -315,38 +546,47 @@ void testCreators()
 
 void testValidAttributes()
 {
-    for (IPluginCreatorV3One* creator : {creators().forward, creators().coordGrad})
+    for (Creator* creator : {creators().forward, creators().coordGrad})
     {
         Attributes attributes;
         PluginFieldCollection fc = attributes.collection();
         auto plugin = create(creator, &fc);
         CHECK(plugin != nullptr);
-        CHECK(plugin && sameParams(plugin->params(), iounet::PrRoIPoolParams{7, 5, 0.25F}));
-        CHECK(plugin && std::strcmp(plugin->getPluginName(), creator->getPluginName()) == 0);
+        CHECK(plugin && sameParams(plugin->op().params(), iounet::PrRoIPoolParams{7, 5, 0.25F}));
+        CHECK(plugin && std::strcmp(pluginName(*plugin), creator->getPluginName()) == 0);
         CHECK(plugin && std::strcmp(plugin->getPluginVersion(), "1") == 0);
         CHECK(plugin && std::strcmp(plugin->getPluginNamespace(), "") == 0);
+        CHECK(plugin && plugin->getNbOutputs() == 1);
 
-        // What some ONNX parser versions hand over: 64-bit ints and doubles; unknown fields are ignored.
-        int64_t const height = 3;
-        int64_t const width = 2;
+        // What some ONNX parser versions hand over: doubles and, from TensorRT 10, 64-bit ints; unknown fields are
+        // ignored.
         double const scale = 0.125;
         int32_t const extra = 1;
-        attributes.field("pooled_height") = PluginField("pooled_height", &height, PluginFieldType::kINT64, 1);
-        attributes.field("pooled_width") = PluginField("pooled_width", &width, PluginFieldType::kINT64, 1);
         attributes.field("spatial_scale") = PluginField("spatial_scale", &scale, PluginFieldType::kFLOAT64, 1);
         attributes.fields.emplace_back("plugin_version", &extra, PluginFieldType::kINT32, 1);
+#if NV_TENSORRT_MAJOR >= 10
+        int64_t const height = 3;
+        int64_t const width = 2;
+        attributes.field("pooled_height") = PluginField("pooled_height", &height, PluginFieldType::kINT64, 1);
+        attributes.field("pooled_width") = PluginField("pooled_width", &width, PluginFieldType::kINT64, 1);
+        iounet::PrRoIPoolParams const expected{3, 2, 0.125F};
+#else
+        iounet::PrRoIPoolParams const expected{7, 5, 0.125F};
+#endif
         fc = attributes.collection();
         plugin = create(creator, &fc);
-        CHECK(plugin && sameParams(plugin->params(), iounet::PrRoIPoolParams{3, 2, 0.125F}));
+        CHECK(plugin && sameParams(plugin->op().params(), expected));
     }
 }
 
-void testInvalidAttributes()
+//! How the tests make a plugin from attributes.
+using CreateFunction = PluginPtr (*)(Creator* creator, PluginFieldCollection const* fc);
+
+void testInvalidAttributes(CreateFunction create)
 {
     int32_t const zero = 0;
     int32_t const negative = -2;
     int32_t const pair[] = {7, 7};
-    int64_t const tooWide = int64_t{1} << 31;
     float const zeroScale = 0.0F;
     float const negativeScale = -0.5F;
     float const nanScale = std::nanf("");
@@ -366,9 +606,6 @@ void testInvalidAttributes()
         [&](Attributes& a) {
             a.field("pooled_height") = PluginField("pooled_height", pair, PluginFieldType::kINT32, 2);
         },
-        [&](Attributes& a) {
-            a.field("pooled_height") = PluginField("pooled_height", &tooWide, PluginFieldType::kINT64, 1);
-        },
         [&](Attributes& a) { a.field("pooled_width") = PluginField("pooled_width", text, PluginFieldType::kCHAR, 1); },
         [&](Attributes& a) { a.field("pooled_width").type = PluginFieldType::kFLOAT32; },
         [&](Attributes& a) { a.field("pooled_height").data = nullptr; },
@@ -385,74 +622,33 @@ void testInvalidAttributes()
             a.field("spatial_scale") = PluginField("spatial_scale", &overflowScale, PluginFieldType::kFLOAT64, 1);
         },
     };
-    for (IPluginCreatorV3One* creator : {creators().forward, creators().coordGrad})
+#if NV_TENSORRT_MAJOR >= 10
+    int64_t const tooWide = int64_t{1} << 31;
+    std::vector<Edit> const wideEdits{[&](Attributes& a) {
+        a.field("pooled_height") = PluginField("pooled_height", &tooWide, PluginFieldType::kINT64, 1);
+    }};
+#else
+    int16_t const narrow = 7;
+    std::vector<Edit> const wideEdits{[&](Attributes& a) {
+        a.field("pooled_height") = PluginField("pooled_height", &narrow, PluginFieldType::kINT16, 1);
+    }};
+#endif
+    for (Creator* creator : {creators().forward, creators().coordGrad})
     {
-        for (TensorRTPhase phase : {TensorRTPhase::kBUILD, TensorRTPhase::kRUNTIME})
+        for (std::vector<Edit> const* list : {&edits, &wideEdits})
         {
-            for (Edit const& edit : edits)
+            for (Edit const& edit : *list)
             {
                 Attributes attributes;
                 edit(attributes);
                 PluginFieldCollection const fc = attributes.collection();
-                CHECK(failsWithError([&] { return creator->createPlugin("node", &fc, phase) == nullptr; }));
+                CHECK(failsWithError([&] { return create(creator, &fc) == nullptr; }));
             }
-            CHECK(failsWithError([&] { return creator->createPlugin("node", nullptr, phase) == nullptr; }));
-            PluginFieldCollection const nullFields{3, nullptr};
-            CHECK(failsWithError([&] { return creator->createPlugin(nullptr, &nullFields, phase) == nullptr; }));
         }
+        CHECK(failsWithError([&] { return create(creator, nullptr) == nullptr; }));
+        PluginFieldCollection const nullFields{3, nullptr};
+        CHECK(failsWithError([&] { return create(creator, &nullFields) == nullptr; }));
     }
-}
-
-void testCloneAndSerialization()
-{
-    for (IPluginCreatorV3One* creator : {creators().forward, creators().coordGrad})
-    {
-        auto plugin = create(creator);
-        CHECK(plugin != nullptr);
-        if (!plugin)
-        {
-            continue;
-        }
-        std::unique_ptr<IPluginV3> clone(plugin->clone());
-        auto const* cloned = dynamic_cast<iounet::PrRoIPoolPluginBase const*>(clone.get());
-        CHECK(cloned != nullptr && sameParams(cloned->params(), plugin->params()));
-        CHECK(cloned != nullptr && std::strcmp(cloned->getPluginName(), plugin->getPluginName()) == 0);
-
-        std::unique_ptr<IPluginV3> attached(plugin->attachToContext(nullptr));
-        auto const* attachedPlugin = dynamic_cast<iounet::PrRoIPoolPluginBase const*>(attached.get());
-        CHECK(attachedPlugin != nullptr && attachedPlugin != plugin.get());
-        CHECK(attachedPlugin != nullptr && sameParams(attachedPlugin->params(), plugin->params()));
-
-        // The serialized fields of a clone must not point into the (deleted) original.
-        auto copy = std::unique_ptr<iounet::PrRoIPoolPluginBase>(
-            dynamic_cast<iounet::PrRoIPoolPluginBase*>(plugin->clone()));
-        plugin.reset();
-        PluginFieldCollection const* serialized = copy->getFieldsToSerialize();
-        CHECK(serialized != nullptr && serialized->nbFields == 3);
-        CHECK(serialized->fields[0].type == PluginFieldType::kINT32
-            && serialized->fields[1].type == PluginFieldType::kINT32
-            && serialized->fields[2].type == PluginFieldType::kFLOAT32);
-        auto restored = create(creator, serialized, TensorRTPhase::kRUNTIME);
-        CHECK(restored != nullptr && sameParams(restored->params(), copy->params()));
-        CHECK(restored != nullptr && sameParams(restored->params(), iounet::PrRoIPoolParams{7, 5, 0.25F}));
-    }
-}
-
-void testCapabilities()
-{
-    auto plugin = create(creators().forward);
-    char const* const kinds[] = {"PLUGIN_V3ONE_CORE", "PLUGIN_V3ONE_BUILD", "PLUGIN_V3ONE_RUNTIME"};
-    PluginCapabilityType const types[]
-        = {PluginCapabilityType::kCORE, PluginCapabilityType::kBUILD, PluginCapabilityType::kRUNTIME};
-    for (int i = 0; i < 3; ++i)
-    {
-        nvinfer1::IPluginCapability* capability = plugin->getCapabilityInterface(types[i]);
-        CHECK(capability != nullptr && std::strcmp(capability->getInterfaceInfo().kind, kinds[i]) == 0);
-    }
-    CHECK(plugin->getCapabilityInterface(static_cast<PluginCapabilityType>(7)) == nullptr);
-    IPluginV3* asV3 = plugin.get();
-    CHECK(std::strcmp(asV3->getInterfaceInfo().kind, "PLUGIN") == 0);
-    CHECK(plugin->getNbOutputs() == 1);
 }
 
 void testOutputDataTypes()
@@ -461,35 +657,40 @@ void testOutputDataTypes()
     auto coordGrad = create(creators().coordGrad);
     DataType const f32 = DataType::kFLOAT;
     DataType const f16 = DataType::kHALF;
-    DataType out = DataType::kINT8;
+    DataType const i32 = DataType::kINT32;
 
-    auto forwardType = [&](DataType features, DataType rois) {
-        DataType const in[] = {features, rois};
-        out = DataType::kINT8;
-        return forward->getOutputDataTypes(&out, 1, in, 2);
-    };
-    CHECK(forwardType(f32, f32) == 0 && out == f32);
-    CHECK(forwardType(f16, f16) == 0 && out == f16);
-    CHECK(forwardType(f16, f32) == 0 && out == f16);
-    CHECK(failsWithError([&] { return forwardType(f32, f16) != 0; }));
-    CHECK(failsWithError([&] { return forwardType(DataType::kBF16, DataType::kBF16) != 0; }));
-    CHECK(failsWithError([&] { return forwardType(DataType::kINT32, DataType::kINT32) != 0; }));
+    auto forwardType = [&](DataType features, DataType rois) { return outputType(*forward, {features, rois}); };
+    CHECK(forwardType(f32, f32) == f32);
+    CHECK(forwardType(f16, f16) == f16);
+    CHECK(forwardType(f16, f32) == f16);
+    CHECK(failsWithError([&] { return !forwardType(i32, i32); }));
+    CHECK(failsWithError([&] { return !forwardType(DataType::kINT8, f32); }));
+#if NV_TENSORRT_MAJOR >= 10
+    CHECK(failsWithError([&] { return !forwardType(DataType::kBF16, DataType::kBF16); }));
+#endif
 
     auto gradType = [&](DataType features, DataType rois, DataType gradOutput) {
-        DataType const in[] = {features, rois, gradOutput};
-        out = DataType::kINT8;
-        return coordGrad->getOutputDataTypes(&out, 1, in, 3);
+        return outputType(*coordGrad, {features, rois, gradOutput});
     };
-    CHECK(gradType(f32, f32, f32) == 0 && out == f32);
-    CHECK(gradType(f16, f16, f16) == 0 && out == f16);
-    CHECK(gradType(f16, f32, f16) == 0 && out == f32);
-    CHECK(failsWithError([&] { return gradType(f16, f32, f32) != 0; }));
-    CHECK(failsWithError([&] { return gradType(f32, f32, f16) != 0; }));
-    CHECK(failsWithError([&] { return gradType(f32, f16, f32) != 0; }));
+    CHECK(gradType(f32, f32, f32) == f32);
+    CHECK(gradType(f16, f16, f16) == f16);
+    CHECK(gradType(f16, f32, f16) == f32);
+    CHECK(failsWithError([&] { return !gradType(f32, i32, f32); }));
 
-    DataType const two[] = {f32, f32};
-    CHECK(failsWithError([&] { return coordGrad->getOutputDataTypes(&out, 1, two, 2) != 0; }));
-    CHECK(failsWithError([&] { return forward->getOutputDataTypes(&out, 2, two, 2) != 0; }));
+    // Types no kernel takes together, each with the type of the input the output follows.
+    std::vector<std::pair<std::function<std::optional<DataType>()>, DataType>> const mixed{
+        {[&] { return forwardType(f32, f16); }, f32},
+        {[&] { return gradType(f16, f32, f32); }, f32},
+        {[&] { return gradType(f32, f32, f16); }, f32},
+        {[&] { return gradType(f32, f16, f32); }, f16},
+    };
+    for (auto const& [call, lenient] : mixed)
+    {
+        CHECK(kREFUSES_MIXED_TYPES ? failsWithError([&] { return !call(); }) : call() == lenient);
+    }
+
+    CHECK(failsWithError([&] { return !outputType(*coordGrad, {f32, f32}); }));
+    CHECK(failsWithError([&] { return !outputType(*forward, {f32, f32}, 2); }));
 }
 
 void testOutputShapes()
@@ -502,26 +703,22 @@ void testOutputShapes()
     DimsExprs const features = builder.exprs({-1, 256, -1, -1});
     DimsExprs const rois = builder.exprs({-1, 5});
     DimsExprs out{};
-    DimsExprs forwardInputs[] = {features, rois};
-    CHECK(forward->getOutputShapes(forwardInputs, 2, nullptr, 0, &out, 1, builder) == 0);
+    CHECK(outputShape(*forward, {features, rois}, out, builder));
     CHECK(out.nbDims == 4);
     CHECK(out.d[0] == rois.d[0] && !out.d[0]->isConstant());
     CHECK(out.d[1] == features.d[1] && isConstant(out.d[1], 256));
     CHECK(isConstant(out.d[2], 7) && isConstant(out.d[3], 5));
 
     DimsExprs const gradOutput = {4, {rois.d[0], features.d[1], builder.constant(7), builder.constant(5)}};
-    DimsExprs gradInputs[] = {features, rois, gradOutput};
     out = DimsExprs{};
-    CHECK(coordGrad->getOutputShapes(gradInputs, 3, nullptr, 0, &out, 1, builder) == 0);
+    CHECK(outputShape(*coordGrad, {features, rois, gradOutput}, out, builder));
     CHECK(out.nbDims == 2 && out.d[0] == rois.d[0] && isConstant(out.d[1], 5));
 
     // Symbolic grad_output extents cannot be proven wrong at build time.
-    DimsExprs symbolicGradInputs[] = {features, rois, builder.exprs({-1, -1, -1, -1})};
-    CHECK(coordGrad->getOutputShapes(symbolicGradInputs, 3, nullptr, 0, &out, 1, builder) == 0);
+    CHECK(outputShape(*coordGrad, {features, rois, builder.exprs({-1, -1, -1, -1})}, out, builder));
 
     auto forwardFails = [&](DimsExprs const& f, DimsExprs const& r) {
-        DimsExprs inputs[] = {f, r};
-        return failsWithError([&] { return forward->getOutputShapes(inputs, 2, nullptr, 0, &out, 1, builder) != 0; });
+        return failsWithError([&] { return !outputShape(*forward, {f, r}, out, builder); });
     };
     CHECK(forwardFails(builder.exprs({-1, 256, -1}), rois));
     CHECK(forwardFails(features, builder.exprs({-1, 4})));
@@ -529,25 +726,27 @@ void testOutputShapes()
     CHECK(forwardFails(features, builder.exprs({-1})));
 
     auto gradFails = [&](DimsExprs const& g) {
-        DimsExprs inputs[] = {features, rois, g};
-        return failsWithError([&] { return coordGrad->getOutputShapes(inputs, 3, nullptr, 0, &out, 1, builder) != 0; });
+        return failsWithError([&] { return !outputShape(*coordGrad, {features, rois, g}, out, builder); });
     };
     CHECK(gradFails(builder.exprs({-1, 256, 5, 7})));
     CHECK(gradFails(builder.exprs({-1, 128, 7, 5})));
     CHECK(gradFails(builder.exprs({-1, 256, 7})));
-    CHECK(failsWithError(
-        [&] { return coordGrad->getOutputShapes(forwardInputs, 2, nullptr, 0, &out, 1, builder) != 0; }));
+    CHECK(failsWithError([&] { return !outputShape(*coordGrad, {features, rois}, out, builder); }));
 }
 
 //! Every (type, format) assignment of the plugin's tensors, asked the way TensorRT asks: position by position,
 //! with only the positions before the asked one set (later ones hold garbage). Returns the accepted assignments.
-std::vector<std::vector<DataType>> acceptedCombinations(iounet::PrRoIPoolPluginBase& plugin, int32_t nbInputs)
+std::vector<std::vector<DataType>> acceptedCombinations(Plugin& plugin, int32_t nbInputs)
 {
-    DataType const types[] = {DataType::kFLOAT, DataType::kHALF, DataType::kBF16, DataType::kINT8, DataType::kINT32,
-        DataType::kINT64, DataType::kBOOL};
+    std::vector<DataType> const types{DataType::kFLOAT, DataType::kHALF, DataType::kINT8, DataType::kINT32,
+        DataType::kBOOL,
+#if NV_TENSORRT_MAJOR >= 10
+        DataType::kBF16, DataType::kINT64
+#endif
+    };
     TensorFormat const formats[] = {TensorFormat::kLINEAR, TensorFormat::kHWC8, TensorFormat::kCHW32};
-    int32_t const nbTypes = std::size(types);
-    int32_t const nbChoices = nbTypes * std::size(formats);
+    int32_t const nbTypes = static_cast<int32_t>(types.size());
+    int32_t const nbChoices = nbTypes * static_cast<int32_t>(std::size(formats));
     int32_t const nbTensors = nbInputs + 1;
     int64_t total = 1;
     for (int32_t i = 0; i < nbTensors; ++i)
@@ -556,36 +755,32 @@ std::vector<std::vector<DataType>> acceptedCombinations(iounet::PrRoIPoolPluginB
     }
 
     std::vector<std::vector<DataType>> accepted;
-    std::vector<DynamicPluginTensorDesc> inOut(nbTensors);
-    std::vector<DynamicPluginTensorDesc> asked(nbTensors);
+    std::vector<FormatDesc> inOut(nbTensors);
+    std::vector<FormatDesc> asked(nbTensors);
     for (int64_t index = 0; index < total; ++index)
     {
         bool linear = true;
+        std::vector<DataType> combination;
         int64_t rest = index;
         for (int32_t pos = 0; pos < nbTensors; ++pos, rest /= nbChoices)
         {
-            int32_t const choice = rest % nbChoices;
-            inOut[pos] = makeDynamicDesc(makeDims({1}), types[choice % nbTypes]);
-            inOut[pos].desc.format = formats[choice / nbTypes];
-            linear = linear && inOut[pos].desc.format == TensorFormat::kLINEAR;
+            int32_t const choice = static_cast<int32_t>(rest % nbChoices);
+            inOut[pos] = makeFormatDesc(types[choice % nbTypes], formats[choice / nbTypes]);
+            linear = linear && choice / nbTypes == 0;
+            combination.push_back(types[choice % nbTypes]);
         }
         bool supported = true;
         for (int32_t pos = 0; pos < nbTensors && supported; ++pos)
         {
             for (int32_t i = 0; i < nbTensors; ++i)
             {
-                asked[i] = i <= pos ? inOut[i] : makeDynamicDesc(makeDims({}), DataType::kFP8);
+                asked[i] = i <= pos ? inOut[i] : makeFormatDesc(DataType::kBOOL, TensorFormat::kCHW32);
             }
             supported = plugin.supportsFormatCombination(pos, asked.data(), nbInputs, 1);
         }
         if (supported)
         {
             CHECK(linear);
-            std::vector<DataType> combination;
-            for (DynamicPluginTensorDesc const& desc : inOut)
-            {
-                combination.push_back(desc.desc.type);
-            }
             accepted.push_back(combination);
         }
     }
@@ -606,7 +801,7 @@ void testSupportsFormatCombination()
         {f32, f32, f32, f32}, {f16, f32, f16, f32}, {f16, f16, f16, f16}};
     CHECK(acceptedCombinations(*coordGrad, 3) == gradExpected);
 
-    std::vector<DynamicPluginTensorDesc> const three(3, makeDynamicDesc(makeDims({1})));
+    std::vector<FormatDesc> const three(3, makeFormatDesc(f32, TensorFormat::kLINEAR));
     CHECK(!forward->supportsFormatCombination(3, three.data(), 2, 1));
     CHECK(!forward->supportsFormatCombination(-1, three.data(), 2, 1));
     CHECK(!coordGrad->supportsFormatCombination(0, three.data(), 2, 1));
@@ -620,65 +815,64 @@ void testShapeChecks()
     Dims const features = makeDims({2, 16, 32, 48});
     Dims const rois = makeDims({10, 5});
     Dims const gradOutput = makeDims({10, 16, 7, 5});
-    PluginTensorDesc out = makeDesc(makeDims({10, 16, 7, 5}));
+    PluginTensorDesc const out = makeDesc(makeDims({10, 16, 7, 5}));
 
+    // Concrete shapes.
     auto forwardShape = [&](Dims const& f, Dims const& r) {
-        PluginTensorDesc const in[] = {makeDesc(f), makeDesc(r)};
-        return forward->onShapeChange(in, 2, &out, 1);
+        return acceptsShapes(*forward, {makeDesc(f), makeDesc(r)}, out);
     };
-    CHECK(forwardShape(features, rois) == 0);
-    CHECK(forwardShape(features, makeDims({0, 5})) == 0);
-    CHECK(failsWithError([&] { return forwardShape(makeDims({16, 32, 48}), rois) != 0; }));
-    CHECK(failsWithError([&] { return forwardShape(makeDims({1, 2, 16, 32, 48}), rois) != 0; }));
-    CHECK(failsWithError([&] { return forwardShape(features, makeDims({10, 4})) != 0; }));
-    CHECK(failsWithError([&] { return forwardShape(features, makeDims({50})) != 0; }));
-    CHECK(failsWithError([&] { return forwardShape(features, makeDims({10, 5, 1})) != 0; }));
-    CHECK(failsWithError([&] { return forwardShape(makeDims({2, 16, int64_t{1} << 31, 48}), rois) != 0; }));
-    CHECK(failsWithError([&] { return forwardShape(features, makeDims({-1, 5})) != 0; }));
+    CHECK(forwardShape(features, rois));
+    CHECK(forwardShape(features, makeDims({0, 5})));
+    CHECK(failsWithError([&] { return !forwardShape(makeDims({16, 32, 48}), rois); }));
+    CHECK(failsWithError([&] { return !forwardShape(makeDims({1, 2, 16, 32, 48}), rois); }));
+    CHECK(failsWithError([&] { return !forwardShape(features, makeDims({10, 4})); }));
+    CHECK(failsWithError([&] { return !forwardShape(features, makeDims({50})); }));
+    CHECK(failsWithError([&] { return !forwardShape(features, makeDims({10, 5, 1})); }));
+    CHECK(failsWithError([&] { return !forwardShape(features, makeDims({-1, 5})); }));
+#if NV_TENSORRT_MAJOR >= 10
+    CHECK(failsWithError([&] { return !forwardShape(makeDims({2, 16, int64_t{1} << 31, 48}), rois); }));
+#endif
 
     auto gradShape = [&](Dims const& g) {
-        PluginTensorDesc const in[] = {makeDesc(features), makeDesc(rois), makeDesc(g)};
-        return coordGrad->onShapeChange(in, 3, &out, 1);
+        return acceptsShapes(*coordGrad, {makeDesc(features), makeDesc(rois), makeDesc(g)}, out);
     };
-    CHECK(gradShape(gradOutput) == 0);
-    CHECK(failsWithError([&] { return gradShape(makeDims({9, 16, 7, 5})) != 0; }));
-    CHECK(failsWithError([&] { return gradShape(makeDims({10, 8, 7, 5})) != 0; }));
-    CHECK(failsWithError([&] { return gradShape(makeDims({10, 16, 5, 7})) != 0; }));
-    CHECK(failsWithError([&] { return gradShape(makeDims({10, 16, 35})) != 0; }));
+    CHECK(gradShape(gradOutput));
+    CHECK(failsWithError([&] { return !gradShape(makeDims({9, 16, 7, 5})); }));
+    CHECK(failsWithError([&] { return !gradShape(makeDims({10, 8, 7, 5})); }));
+    CHECK(failsWithError([&] { return !gradShape(makeDims({10, 16, 5, 7})); }));
+    CHECK(failsWithError([&] { return !gradShape(makeDims({10, 16, 35})); }));
+
+    std::vector<PluginTensorDesc> const twoInputs{makeDesc(features), makeDesc(rois)};
+    CHECK(failsWithError([&] { return !acceptsShapes(*coordGrad, twoInputs, out); }));
+    CHECK(failsWithError([&] { return !acceptsShapes(*forward, twoInputs, out, 2); }));
 
     PluginTensorDesc const gradInputs[] = {makeDesc(features), makeDesc(rois), makeDesc(gradOutput)};
-    std::optional<iounet::PrRoIPoolShape> const shape = coordGrad->kernelShape(gradInputs, 3, 1);
+    std::optional<iounet::PrRoIPoolShape> const shape = coordGrad->op().kernelShape(gradInputs, 3, 1);
     CHECK(shape && shape->batch == 2 && shape->channels == 16 && shape->height == 32 && shape->width == 48);
     CHECK(shape && shape->numRois == 10 && shape->pooledHeight == 7 && shape->pooledWidth == 5);
     CHECK(shape && shape->spatialScale == 0.25F);
 
-    PluginTensorDesc const twoInputs[] = {makeDesc(features), makeDesc(rois)};
-    CHECK(failsWithError([&] { return coordGrad->onShapeChange(twoInputs, 2, &out, 1) != 0; }));
-    CHECK(failsWithError([&] { return forward->onShapeChange(twoInputs, 2, &out, 2) != 0; }));
-
     // configurePlugin sees -1 for dynamic extents.
     auto forwardConfigure = [&](Dims const& f, Dims const& r) {
-        DynamicPluginTensorDesc const in[] = {makeDynamicDesc(f), makeDynamicDesc(r)};
-        DynamicPluginTensorDesc const dynamicOut = makeDynamicDesc(makeDims({-1, 16, 7, 5}));
-        return forward->configurePlugin(in, 2, &dynamicOut, 1);
+        return configure(*forward, {makeDynamicDesc(f), makeDynamicDesc(r)}, makeDynamicDesc(makeDims({-1, 16, 7, 5})));
     };
-    CHECK(forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1, 5})) == 0);
-    CHECK(forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1, -1})) == 0);
-    CHECK(failsWithError([&] { return forwardConfigure(makeDims({-1, -1, -1}), makeDims({-1, 5})) != 0; }));
-    CHECK(failsWithError([&] { return forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1, 6})) != 0; }));
-    CHECK(failsWithError([&] { return forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1})) != 0; }));
+    CHECK(forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1, 5})));
+    CHECK(forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1, -1})));
+    CHECK(failsWithError([&] { return !forwardConfigure(makeDims({-1, -1, -1}), makeDims({-1, 5})); }));
+    CHECK(failsWithError([&] { return !forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1, 6})); }));
+    CHECK(failsWithError([&] { return !forwardConfigure(makeDims({-1, 16, -1, -1}), makeDims({-1})); }));
 
-    auto gradConfigure = [&](Dims const& g) {
-        DynamicPluginTensorDesc const in[]
-            = {makeDynamicDesc(makeDims({-1, 16, -1, -1})), makeDynamicDesc(makeDims({-1, 5})), makeDynamicDesc(g)};
-        DynamicPluginTensorDesc const dynamicOut = makeDynamicDesc(makeDims({-1, 5}));
-        return coordGrad->configurePlugin(in, 3, &dynamicOut, 1);
+    auto gradConfigure = [&](Dims const& g, int32_t nbOutputs) {
+        return configure(*coordGrad,
+            {makeDynamicDesc(makeDims({-1, 16, -1, -1})), makeDynamicDesc(makeDims({-1, 5})), makeDynamicDesc(g)},
+            makeDynamicDesc(makeDims({-1, 5})), nbOutputs);
     };
-    CHECK(gradConfigure(makeDims({-1, 16, 7, 5})) == 0);
-    CHECK(gradConfigure(makeDims({-1, -1, -1, -1})) == 0);
-    CHECK(failsWithError([&] { return gradConfigure(makeDims({-1, 16, 7, 4})) != 0; }));
-    CHECK(failsWithError([&] { return gradConfigure(makeDims({-1, 32, 7, 5})) != 0; }));
-    CHECK(failsWithError([&] { return gradConfigure(makeDims({-1, 16, 7})) != 0; }));
+    CHECK(gradConfigure(makeDims({-1, 16, 7, 5}), 1));
+    CHECK(gradConfigure(makeDims({-1, -1, -1, -1}), 1));
+    CHECK(failsWithError([&] { return !gradConfigure(makeDims({-1, 16, 7, 4}), 1); }));
+    CHECK(failsWithError([&] { return !gradConfigure(makeDims({-1, 32, 7, 5}), 1); }));
+    CHECK(failsWithError([&] { return !gradConfigure(makeDims({-1, 16, 7}), 1); }));
+    CHECK(failsWithError([&] { return !gradConfigure(makeDims({-1, 16, 7, 5}), 2); }));
 }
 
 //! enqueue paths that need no device: bad descs fail before any launch; an empty batch (K = 0) dispatches every
@@ -720,21 +914,185 @@ void testEnqueueWithoutDevice()
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
+// Tests of one interface
+
+#if IOUNET_TRT_PLUGIN_V3
+//! A plugin made in the runtime phase, as when an engine is deserialized.
+PluginPtr createAtRuntime(Creator* creator, PluginFieldCollection const* fc)
+{
+    return PluginPtr(dynamic_cast<Plugin*>(creator->createPlugin("node", fc, nvinfer1::TensorRTPhase::kRUNTIME)));
+}
+
+void testCloneAndSerialization()
+{
+    for (Creator* creator : {creators().forward, creators().coordGrad})
+    {
+        auto plugin = create(creator);
+        CHECK(plugin != nullptr);
+        if (!plugin)
+        {
+            continue;
+        }
+        std::unique_ptr<nvinfer1::IPluginV3> clone(plugin->clone());
+        auto const* cloned = dynamic_cast<Plugin const*>(clone.get());
+        CHECK(cloned != nullptr && sameParams(cloned->op().params(), plugin->op().params()));
+        CHECK(cloned != nullptr && std::strcmp(cloned->getPluginName(), plugin->getPluginName()) == 0);
+
+        std::unique_ptr<nvinfer1::IPluginV3> attached(plugin->attachToContext(nullptr));
+        auto const* attachedPlugin = dynamic_cast<Plugin const*>(attached.get());
+        CHECK(attachedPlugin != nullptr && attachedPlugin != plugin.get());
+        CHECK(attachedPlugin != nullptr && sameParams(attachedPlugin->op().params(), plugin->op().params()));
+
+        // The serialized fields of a clone must not point into the (deleted) original.
+        PluginPtr copy(dynamic_cast<Plugin*>(plugin->clone()));
+        plugin.reset();
+        PluginFieldCollection const* serialized = copy->getFieldsToSerialize();
+        CHECK(serialized != nullptr && serialized->nbFields == 3);
+        CHECK(serialized->fields[0].type == PluginFieldType::kINT32
+            && serialized->fields[1].type == PluginFieldType::kINT32
+            && serialized->fields[2].type == PluginFieldType::kFLOAT32);
+        PluginPtr restored = createAtRuntime(creator, serialized);
+        CHECK(restored != nullptr && sameParams(restored->op().params(), copy->op().params()));
+        CHECK(restored != nullptr && sameParams(restored->op().params(), iounet::PrRoIPoolParams{7, 5, 0.25F}));
+    }
+}
+
+void testInterfaceSpecifics()
+{
+    using nvinfer1::PluginCapabilityType;
+    auto plugin = create(creators().forward);
+    char const* const kinds[] = {"PLUGIN_V3ONE_CORE", "PLUGIN_V3ONE_BUILD", "PLUGIN_V3ONE_RUNTIME"};
+    PluginCapabilityType const types[]
+        = {PluginCapabilityType::kCORE, PluginCapabilityType::kBUILD, PluginCapabilityType::kRUNTIME};
+    for (int i = 0; i < 3; ++i)
+    {
+        nvinfer1::IPluginCapability* capability = plugin->getCapabilityInterface(types[i]);
+        CHECK(capability != nullptr && std::strcmp(capability->getInterfaceInfo().kind, kinds[i]) == 0);
+    }
+    CHECK(plugin->getCapabilityInterface(static_cast<PluginCapabilityType>(7)) == nullptr);
+    nvinfer1::IPluginV3* asV3 = plugin.get();
+    CHECK(std::strcmp(asV3->getInterfaceInfo().kind, "PLUGIN") == 0);
+
+    // The runtime phase validates the attributes as the build phase does.
+    testInvalidAttributes(createAtRuntime);
+}
+#else
+//! The bytes of a serialized plugin: pooled_height, pooled_width (int32), spatial_scale (float32).
+std::vector<char> serializedBytes(int32_t pooledHeight, int32_t pooledWidth, float spatialScale)
+{
+    std::vector<char> bytes(12);
+    std::memcpy(bytes.data(), &pooledHeight, 4);
+    std::memcpy(bytes.data() + 4, &pooledWidth, 4);
+    std::memcpy(bytes.data() + 8, &spatialScale, 4);
+    return bytes;
+}
+
+PluginPtr deserialize(Creator* creator, std::vector<char> const& bytes)
+{
+    return PluginPtr(dynamic_cast<Plugin*>(creator->deserializePlugin("node", bytes.data(), bytes.size())));
+}
+
+void testCloneAndSerialization()
+{
+    for (Creator* creator : {creators().forward, creators().coordGrad})
+    {
+        auto plugin = create(creator);
+        CHECK(plugin != nullptr);
+        if (!plugin)
+        {
+            continue;
+        }
+        plugin->setPluginNamespace("ns");
+        PluginPtr clone(dynamic_cast<Plugin*>(plugin->clone()));
+        CHECK(clone != nullptr && clone.get() != plugin.get());
+        CHECK(clone != nullptr && sameParams(clone->op().params(), plugin->op().params()));
+        CHECK(clone != nullptr && std::strcmp(clone->getPluginType(), plugin->getPluginType()) == 0);
+        CHECK(clone != nullptr && std::strcmp(clone->getPluginNamespace(), "ns") == 0);
+
+        // A clone serializes on its own once the original is gone.
+        plugin.reset();
+        CHECK(clone->getSerializationSize() == 12);
+        std::vector<char> bytes(clone->getSerializationSize());
+        clone->serialize(bytes.data());
+        CHECK(bytes == serializedBytes(7, 5, 0.25F));
+        auto restored = deserialize(creator, bytes);
+        CHECK(restored != nullptr && sameParams(restored->op().params(), iounet::PrRoIPoolParams{7, 5, 0.25F}));
+        CHECK(restored != nullptr && std::strcmp(restored->getPluginType(), creator->getPluginName()) == 0);
+        CHECK(restored != nullptr && std::strcmp(restored->getPluginNamespace(), "") == 0);
+
+        std::vector<std::vector<char>> const invalid{std::vector<char>(bytes.begin(), bytes.end() - 1),
+            [&] {
+                std::vector<char> longer = bytes;
+                longer.push_back(0);
+                return longer;
+            }(),
+            {}, serializedBytes(0, 5, 0.25F), serializedBytes(7, -1, 0.25F), serializedBytes(7, 5, 0.0F),
+            serializedBytes(7, 5, std::nanf(""))};
+        for (std::vector<char> const& data : invalid)
+        {
+            CHECK(failsWithError([&] { return deserialize(creator, data) == nullptr; }));
+        }
+        CHECK(failsWithError([&] { return creator->deserializePlugin("node", nullptr, 12) == nullptr; }));
+    }
+}
+
+void testInterfaceSpecifics()
+{
+    Creator* creator = creators().forward;
+    auto plugin = create(creator);
+    CHECK(plugin->initialize() == 0);
+    plugin->terminate();
+    PluginTensorDesc const in[] = {makeDesc(makeDims({2, 16, 32, 48})), makeDesc(makeDims({10, 5}))};
+    PluginTensorDesc const out = makeDesc(makeDims({10, 16, 7, 5}));
+    CHECK(plugin->getWorkspaceSize(in, 2, &out, 1) == 0);
+
+    // Plugins take the namespace of their creator when they are made.
+    plugin->setPluginNamespace("plugin");
+    CHECK(std::strcmp(plugin->getPluginNamespace(), "plugin") == 0);
+    plugin->setPluginNamespace(nullptr);
+    CHECK(std::strcmp(plugin->getPluginNamespace(), "") == 0);
+    creator->setPluginNamespace("creator");
+    CHECK(std::strcmp(creator->getPluginNamespace(), "creator") == 0);
+    auto named = create(creator);
+    CHECK(named != nullptr && std::strcmp(named->getPluginNamespace(), "creator") == 0);
+    auto deserialized = deserialize(creator, serializedBytes(7, 5, 0.25F));
+    CHECK(deserialized != nullptr && std::strcmp(deserialized->getPluginNamespace(), "creator") == 0);
+    creator->setPluginNamespace("");
+    CHECK(std::strcmp(creator->getPluginNamespace(), "") == 0);
+
+    // One output: asking for another one is an error.
+    DataType const types[] = {DataType::kFLOAT, DataType::kFLOAT};
+    CHECK(failsWithError([&] { return plugin->getOutputDataType(-1, types, 2) == DataType::kFLOAT; }));
+    TestExprBuilder builder;
+    DimsExprs const inputs[] = {builder.exprs({-1, 16, -1, -1}), builder.exprs({-1, 5})};
+    CHECK(failsWithError([&] { return plugin->getOutputDimensions(1, inputs, 2, builder).nbDims == 0; }));
+    CHECK(plugin->getOutputDimensions(0, inputs, 2, builder).nbDims == 4);
+}
+#endif
+
+// ---------------------------------------------------------------------------------------------------------------------
 // Loading the libraries as TensorRT does, with this program standing in for libnvinfer's plugin registry.
 
-//! Records registrations; the rest of the registry is not used by the plugin libraries.
+#if IOUNET_TRT_PLUGIN_V3
+using RegisteredCreator = nvinfer1::IPluginCreatorInterface;
+#else
+using RegisteredCreator = nvinfer1::IPluginCreator;
+#endif
+
+//! Records registrations; the rest of the registry, which differs between TensorRT versions, is not used by the
+//! plugin libraries.
 class TestRegistry final : public nvinfer1::IPluginRegistry
 {
 public:
     struct Entry
     {
-        IPluginCreatorInterface* creator;
+        RegisteredCreator* creator;
         std::string pluginNamespace;
     };
 
     std::vector<Entry> entries;
 
-    bool registerCreator(IPluginCreatorInterface& creator, char const* const pluginNamespace) noexcept override
+    bool registerCreator(RegisteredCreator& creator, char const* const pluginNamespace) noexcept override
     {
         entries.push_back(Entry{&creator, pluginNamespace});
         return true;
@@ -745,6 +1103,34 @@ public:
     {
         return nullptr;
     }
+#if NV_TENSORRT_MAJOR < 11
+    // The IPluginCreator methods: the only ones up to TensorRT 8.6, deprecated in 10 but still to be overridden.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#if NV_TENSORRT_MAJOR == 10
+    bool registerCreator(nvinfer1::IPluginCreator& /*creator*/, char const* const /*pluginNamespace*/) noexcept override
+    {
+        return false;
+    }
+#endif
+    nvinfer1::IPluginCreator* const* getPluginCreatorList(int32_t* const numCreators) const noexcept override
+    {
+        *numCreators = 0;
+        return nullptr;
+    }
+    nvinfer1::IPluginCreator* getPluginCreator(char const* const /*pluginName*/, char const* const /*pluginVersion*/,
+        char const* const /*pluginNamespace*/) noexcept override
+    {
+        return nullptr;
+    }
+    bool deregisterCreator(nvinfer1::IPluginCreator const& /*creator*/) noexcept override
+    {
+        return false;
+    }
+#pragma GCC diagnostic pop
+#endif
+#if NV_TENSORRT_MAJOR > 8 || NV_TENSORRT_MINOR >= 6
+    // From TensorRT 8.6: plugin libraries and parent registries.
     bool isParentSearchEnabled() const override
     {
         return false;
@@ -755,17 +1141,20 @@ public:
         return nullptr;
     }
     void deregisterLibrary(PluginLibraryHandle /*handle*/) noexcept override {}
-    IPluginCreatorInterface* const* getAllCreators(int32_t* const numCreators) const noexcept override
+#endif
+#if NV_TENSORRT_MAJOR >= 10
+    // From TensorRT 10: creators of every interface, plugin resources.
+    nvinfer1::IPluginCreatorInterface* const* getAllCreators(int32_t* const numCreators) const noexcept override
     {
         *numCreators = 0;
         return nullptr;
     }
-    IPluginCreatorInterface* getCreator(char const* const /*pluginName*/, char const* const /*pluginVersion*/,
-        char const* const /*pluginNamespace*/) noexcept override
+    nvinfer1::IPluginCreatorInterface* getCreator(char const* const /*pluginName*/,
+        char const* const /*pluginVersion*/, char const* const /*pluginNamespace*/) noexcept override
     {
         return nullptr;
     }
-    bool deregisterCreator(IPluginCreatorInterface const& /*creator*/) noexcept override
+    bool deregisterCreator(nvinfer1::IPluginCreatorInterface const& /*creator*/) noexcept override
     {
         return false;
     }
@@ -778,11 +1167,12 @@ public:
     {
         return 0;
     }
-    IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const numCreators) noexcept override
+    nvinfer1::IPluginCreatorInterface* const* getAllCreatorsRecursive(int32_t* const numCreators) noexcept override
     {
         *numCreators = 0;
         return nullptr;
     }
+#endif
 };
 
 TestRegistry gRegistry;
@@ -798,10 +1188,10 @@ extern "C" nvinfer1::IPluginRegistry* getPluginRegistry() noexcept
 namespace
 {
 
-bool hasNames(IPluginCreatorInterface* const* list, int32_t count)
+bool hasNames(std::vector<Creator*> const& list)
 {
-    return count == 2 && std::strcmp(static_cast<IPluginCreatorV3One*>(list[0])->getPluginName(), "PrRoIPool") == 0
-        && std::strcmp(static_cast<IPluginCreatorV3One*>(list[1])->getPluginName(), "PrRoIPoolCoordGrad") == 0;
+    return list.size() == 2 && std::strcmp(list[0]->getPluginName(), "PrRoIPool") == 0
+        && std::strcmp(list[1]->getPluginName(), "PrRoIPoolCoordGrad") == 0;
 }
 
 void testLoadLibrary()
@@ -815,22 +1205,30 @@ void testLoadLibrary()
         return;
     }
     CHECK(gRegistry.entries.empty());
-    using GetCreators = IPluginCreatorInterface* const* (*) (int32_t&);
-    using SetLoggerFinder = void (*)(nvinfer1::ILoggerFinder*);
     using Version = char const* (*) ();
-    auto const getCreatorsEntry = reinterpret_cast<GetCreators>(dlsym(library, "getCreators"));
-    auto const setLoggerFinderEntry = reinterpret_cast<SetLoggerFinder>(dlsym(library, "setLoggerFinder"));
+    auto const creatorsEntry = reinterpret_cast<CreatorsEntry>(dlsym(library, kCREATORS_ENTRY));
     auto const version = reinterpret_cast<Version>(dlsym(library, "iounetPluginLibraryVersion"));
-    CHECK(getCreatorsEntry != nullptr && setLoggerFinderEntry != nullptr && version != nullptr);
-    if (getCreatorsEntry != nullptr && setLoggerFinderEntry != nullptr && version != nullptr)
+    CHECK(creatorsEntry != nullptr && version != nullptr);
+    if (creatorsEntry != nullptr && version != nullptr)
     {
-        setLoggerFinderEntry(&gLoggerFinder);
         int32_t count = 0;
-        IPluginCreatorInterface* const* list = getCreatorsEntry(count);
-        CHECK(hasNames(list, count));
+        auto const* const listed = creatorsEntry(count);
+        CHECK(hasNames(listCreators(listed, count)));
         CHECK(std::strcmp(version(), IOUNET_VERSION) == 0);
     }
-    // Internal symbols stay hidden.
+#if IOUNET_TRT_LOGGER_FINDER
+    using SetLoggerFinder = void (*)(nvinfer1::ILoggerFinder*);
+    auto const setLoggerFinderEntry = reinterpret_cast<SetLoggerFinder>(dlsym(library, "setLoggerFinder"));
+    CHECK(setLoggerFinderEntry != nullptr);
+    if (setLoggerFinderEntry != nullptr)
+    {
+        setLoggerFinderEntry(&gLoggerFinder);
+    }
+#else
+    CHECK(dlsym(library, "setLoggerFinder") == nullptr);
+#endif
+    // The other interface's entry point and internal symbols stay out.
+    CHECK(dlsym(library, kOTHER_CREATORS_ENTRY) == nullptr);
     CHECK(dlsym(library, "_ZN6iounet19prroiPoolFieldNamesEv") == nullptr);
 }
 
@@ -843,32 +1241,35 @@ void testStaticRegistration()
         std::printf("dlopen: %s\n", dlerror());
         return;
     }
-    std::vector<IPluginCreatorInterface*> list;
+    std::vector<RegisteredCreator*> list;
     for (TestRegistry::Entry const& entry : gRegistry.entries)
     {
         list.push_back(entry.creator);
         CHECK(entry.pluginNamespace.empty());
     }
-    CHECK(hasNames(list.data(), static_cast<int32_t>(list.size())));
+    CHECK(hasNames(listCreators(list.data(), static_cast<int32_t>(list.size()))));
 }
 
 } // namespace
 
 int main()
 {
+#if IOUNET_TRT_LOGGER_FINDER
     setLoggerFinder(&gLoggerFinder);
+#endif
     testCreators();
     testValidAttributes();
-    testInvalidAttributes();
-    testCloneAndSerialization();
-    testCapabilities();
+    testInvalidAttributes(create);
     testOutputDataTypes();
     testOutputShapes();
     testSupportsFormatCombination();
     testShapeChecks();
     testEnqueueWithoutDevice();
+    testCloneAndSerialization();
+    testInterfaceSpecifics();
     testLoadLibrary();
     testStaticRegistration();
-    std::printf("%d passed, %d failed\n", gPassed, gFailed);
+    std::printf("%d passed, %d failed (%s, TensorRT %d.%d headers)\n", gPassed, gFailed,
+        IOUNET_TRT_PLUGIN_V3 ? "IPluginV3" : "IPluginV2DynamicExt", NV_TENSORRT_MAJOR, NV_TENSORRT_MINOR);
     return gFailed == 0 ? 0 : 1;
 }
