@@ -80,6 +80,8 @@ enum cudaMemcpyKind
 
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
+struct CUevent_st;
+using cudaEvent_t = CUevent_st*;
 
 struct cudaFuncAttributes
 {

@@ -2,13 +2,18 @@
 // select, IPluginV3 (TensorRT 10 and later) or IPluginV2DynamicExt (8.5, 8.6), and through it the rules the two
 // share (prroiPoolCommon.h); each concept is tested once, through a few adapters over the two interfaces. The plugin
 // objects are linked in; the two plugin libraries are also loaded the way TensorRT loads them, with this program
-// playing libnvinfer's registry.
+// playing libnvinfer's registry. Built a second time on the host emulation of CUDA (IOUNET_TEST_CUDA_HOST), it also
+// enqueues both plugins with data.
 #include "prroiPoolCommon.h"
 
 #if IOUNET_TRT_PLUGIN_V3
 #include "prroiPoolPlugin.h"
 #else
 #include "prroiPoolPluginV2.h"
+#endif
+
+#if IOUNET_TEST_CUDA_HOST
+#include "prroi_oracle.h"
 #endif
 
 #include <dlfcn.h>
@@ -913,6 +918,116 @@ void testEnqueueWithoutDevice()
         [&] { return coordGrad->enqueue(wrongGradDims, nullptr, inputs, outputs, nullptr, nullptr) != 0; }));
 }
 
+#if IOUNET_TEST_CUDA_HOST
+// ---------------------------------------------------------------------------------------------------------------------
+// enqueue with data, on the host emulation of CUDA (plugins/cuda_host): the plugins' type dispatch and launches over
+// the edge-case table of prroi_oracle.h, against its float64 references. Buffers come from the emulation's
+// cudaMalloc, filled with 0xFF bytes (NaN) until written.
+
+template <typename T>
+constexpr DataType kDATA_TYPE = std::is_same_v<T, float> ? DataType::kFLOAT : DataType::kHALF;
+
+//! A cudaMalloc'd copy of values; freed by the caller.
+template <typename T>
+T* toDevice(std::vector<T> const& values, size_t count)
+{
+    void* memory = nullptr;
+    CHECK(cudaMalloc(&memory, std::max<size_t>(count, 1) * sizeof(T)) == cudaSuccess);
+    cudaMemcpy(memory, values.data(), values.size() * sizeof(T), cudaMemcpyHostToDevice);
+    return static_cast<T*>(memory);
+}
+
+template <typename T>
+std::vector<T> fromDevice(T* memory, size_t count)
+{
+    std::vector<T> values(count);
+    CHECK(cudaDeviceSynchronize() == cudaSuccess);
+    cudaMemcpy(values.data(), memory, count * sizeof(T), cudaMemcpyDeviceToHost);
+    cudaFree(memory);
+    return values;
+}
+
+//! The plugins as iounet_test::checkPrRoIPool's kernels: each call makes a plugin with the shape's attributes and
+//! enqueues it as TensorRT would (no workspace: both plugins ask for none).
+struct EnqueueKernels
+{
+    template <typename T, typename R>
+    std::vector<T> forward(std::vector<T> const& f, std::vector<R> const& rois, iounet::PrRoIPoolShape const& s)
+    {
+        size_t const count = size_t(s.numRois) * s.channels * s.pooledHeight * s.pooledWidth;
+        PluginTensorDesc const in[] = {makeDesc(makeDims({s.batch, s.channels, s.height, s.width}), kDATA_TYPE<T>),
+            makeDesc(makeDims({s.numRois, 5}), kDATA_TYPE<R>)};
+        PluginTensorDesc const out
+            = makeDesc(makeDims({s.numRois, s.channels, s.pooledHeight, s.pooledWidth}), kDATA_TYPE<T>);
+        T* features = toDevice(f, f.size());
+        R* boxes = toDevice(rois, rois.size());
+        T* output = toDevice(std::vector<T>(), count);
+        void const* inputs[] = {features, boxes};
+        void* outputs[] = {output};
+        CHECK(plugin(creators().forward, s)->enqueue(in, &out, inputs, outputs, nullptr, nullptr) == 0);
+        cudaFree(features);
+        cudaFree(boxes);
+        return fromDevice(output, count);
+    }
+
+    template <typename T, typename R>
+    std::vector<R> coordGrad(std::vector<T> const& f, std::vector<R> const& rois, std::vector<T> const& gradOutput,
+        iounet::PrRoIPoolShape const& s)
+    {
+        Dims const pooled = makeDims({s.numRois, s.channels, s.pooledHeight, s.pooledWidth});
+        PluginTensorDesc const in[] = {makeDesc(makeDims({s.batch, s.channels, s.height, s.width}), kDATA_TYPE<T>),
+            makeDesc(makeDims({s.numRois, 5}), kDATA_TYPE<R>), makeDesc(pooled, kDATA_TYPE<T>)};
+        PluginTensorDesc const out = makeDesc(makeDims({s.numRois, 5}), kDATA_TYPE<R>);
+        T* features = toDevice(f, f.size());
+        R* boxes = toDevice(rois, rois.size());
+        T* grad = toDevice(gradOutput, gradOutput.size());
+        R* gradRois = toDevice(std::vector<R>(), rois.size());
+        void const* inputs[] = {features, boxes, grad};
+        void* outputs[] = {gradRois};
+        CHECK(plugin(creators().coordGrad, s)->enqueue(in, &out, inputs, outputs, nullptr, nullptr) == 0);
+        cudaFree(features);
+        cudaFree(boxes);
+        cudaFree(grad);
+        return fromDevice(gradRois, rois.size());
+    }
+
+    template <typename T, typename R>
+    std::vector<T> featureGrad(std::vector<R> const&, std::vector<T> const&, iounet::PrRoIPoolShape const&, size_t,
+        std::string const&)
+    {
+        std::abort(); // no plugin computes the feature gradient
+    }
+
+private:
+    static PluginPtr plugin(Creator* creator, iounet::PrRoIPoolShape const& s)
+    {
+        Attributes attributes;
+        attributes.pooledHeight = s.pooledHeight;
+        attributes.pooledWidth = s.pooledWidth;
+        attributes.spatialScale = s.spatialScale;
+        PluginFieldCollection const fc = attributes.collection();
+        PluginPtr made = create(creator, &fc);
+        CHECK(made != nullptr);
+        return made;
+    }
+};
+
+void testEnqueueOnHostEmulation()
+{
+    EnqueueKernels kernels;
+    using Half = __half;
+    iounet_test::checkPrRoIPool<float, float>(
+        "enqueue float32", iounet_test::Tolerance{2e-5, 2e-5}, iounet_test::Tolerance{1e-4, 1e-4}, false, kernels);
+    iounet_test::checkPrRoIPool<Half, float>("enqueue float16/float32 rois", iounet_test::Tolerance{6e-4, 3e-5},
+        iounet_test::Tolerance{1e-4, 1e-4}, false, kernels);
+    iounet_test::checkPrRoIPool<Half, Half>("enqueue float16/float16 rois", iounet_test::Tolerance{6e-4, 3e-5},
+        iounet_test::Tolerance{6e-4, 2e-4}, false, kernels);
+    std::printf("enqueue on the CUDA host emulation: %d checks passed, %d failed\n", iounet_test::gPassed,
+        iounet_test::gFailed);
+    CHECK(iounet_test::gFailed == 0);
+}
+#endif
+
 // ---------------------------------------------------------------------------------------------------------------------
 // Tests of one interface
 
@@ -1265,6 +1380,9 @@ int main()
     testSupportsFormatCombination();
     testShapeChecks();
     testEnqueueWithoutDevice();
+#if IOUNET_TEST_CUDA_HOST
+    testEnqueueOnHostEmulation();
+#endif
     testCloneAndSerialization();
     testInterfaceSpecifics();
     testLoadLibrary();
