@@ -28,6 +28,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+//! Exit status of a process the watchdog ends.
+constexpr int kHangExitStatus = 124;
+
 thread_local cudaError_t tLastError = cudaSuccess;
 std::atomic<cudaError_t> gStickyError{cudaSuccess};
 // One launch at a time, as on one in-order stream.
@@ -174,11 +177,11 @@ private:
         {
             std::fprintf(stderr,
                 "CUDA host emulation: kernel %s, block %llu: a thread waited %lld s for %s "
-                "(%u of %u threads at the barrier, %u not returned): hang\n",
+                "(%u of the block's %u threads, %u still running, at the barrier): hang\n",
                 mKernel, static_cast<unsigned long long>(mBlock), static_cast<long long>(watchdog().count()),
                 what.c_str(), mArrived, mThreads, mLive);
             std::fflush(stderr);
-            std::abort();
+            std::_Exit(kHangExitStatus); // the hanging threads cannot be joined
         }
     }
 

@@ -11,7 +11,7 @@
 // __syncthreads is a barrier of the block's threads that have not returned (as on Volta and newer);
 // threads waiting at different __syncthreads calls are reported, and a barrier or block that does
 // not complete within the watchdog time (IOUNET_CUDA_HOST_WATCHDOG_S, default 60 s) ends the process
-// with a report. A reported fault fails the launch with cudaErrorLaunchFailure, which stays (sticky)
+// with a report (exit status 124). A reported fault fails the launch with cudaErrorLaunchFailure, which stays (sticky)
 // as on a device. Memory from cudaMalloc is host memory filled with 0xFF bytes.
 #pragma once
 

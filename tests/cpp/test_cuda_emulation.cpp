@@ -4,7 +4,8 @@
 // central differences, Algorithm 1). Every "device" buffer comes from cudaMalloc, which fills it
 // with 0xFF bytes (NaN, index -1), so a value nobody wrote shows. Built and run under
 // ThreadSanitizer and under AddressSanitizer + UndefinedBehaviorSanitizer; a sanitizer report fails
-// the run. Also checks the emulation itself: half conversions, barriers, atomics, launch errors.
+// the run. Also checks the emulation itself: half conversions, barriers, atomics, launch errors, and (with --hang)
+// that its watchdog ends a kernel that never completes.
 #include "prroi_oracle.h"
 #include "prroi_pool_cuda.h"
 #include "prroi_pool_cuda_api.h"
@@ -326,6 +327,18 @@ __global__ void divergentBarrierKernel(int* counts)
     atomicAdd(counts, 1);
 }
 
+//! Thread 0 never reaches the barrier the others wait at.
+__global__ void hangingKernel(volatile int* never)
+{
+    if (threadIdx.x == 0)
+    {
+        while (*never == 0)
+        {
+        }
+    }
+    __syncthreads();
+}
+
 void testExecutionModel()
 {
     const DeviceBuffer<int> counts(std::vector<int>{0, 0});
@@ -349,8 +362,16 @@ void testExecutionModel()
 
 } // namespace
 
-int main()
+int main(int argc, char** argv)
 {
+    if (argc == 2 && std::strcmp(argv[1], "--hang") == 0)
+    {
+        // The watchdog's test: a kernel that never completes must end the process with a report.
+        const DeviceBuffer<int> never(std::vector<int>{0});
+        IOUNET_LAUNCH(1, 32, 0, nullptr, hangingKernel)(never.get());
+        std::printf("the hanging kernel returned\n");
+        return 0;
+    }
     testHalfConversions();
     ApiKernels api;
     checkPrRoIPool<float, float>("C API float32", Tolerance{2e-5, 2e-5}, Tolerance{1e-4, 1e-4}, true, api);
