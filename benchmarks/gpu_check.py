@@ -81,7 +81,8 @@ def _build(arch: str) -> list[list[str]]:
     jobs = str(os.cpu_count() or 2)
     configure = [
         "cmake", "-S", str(ROOT), "-B", str(BUILD), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
-        "-DIOUNET_SANITIZE=OFF", "-DIOUNET_COVERAGE=OFF", "-DCMAKE_BUILD_TYPE=Release",
+        "-DIOUNET_SANITIZE=OFF", "-DIOUNET_COVERAGE=OFF", "-DIOUNET_CUDA_EMULATION=OFF",
+        "-DCMAKE_BUILD_TYPE=Release",
     ]  # fmt: skip
     return [configure, ["cmake", "--build", str(BUILD), "-j", jobs]]
 
