@@ -24,18 +24,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--annotations", type=Path, help="COCO file whose category ids the classes get"
     )
+    export.add_argument(
+        "--opset",
+        metavar="N",
+        help="ONNX opset of the graphs: 20 (default; TensorRT 10+) or 17 (TensorRT 8.5/8.6)",
+    )
     export.set_defaults(run=_export)
 
 
 def _export(args: argparse.Namespace) -> int:
-    from iounet.export.onnx_export import export_model
+    from iounet.export.onnx_export import export_model, parse_opset
     from iounet.export.tracking_commands import export_tracking
 
-    status = export_tracking(args)  # a pytracking checkpoint (ATOM, DiMP, PrDiMP)
+    opset = parse_opset(args.opset)
+    status = export_tracking(args, opset)  # a pytracking checkpoint (ATOM, DiMP, PrDiMP)
     if status is not None:
         return status
     manifest = export_model(
-        args.checkpoint, args.out, force=args.force, fp16=args.fp16, annotations=args.annotations
+        args.checkpoint,
+        args.out,
+        force=args.force,
+        fp16=args.fp16,
+        annotations=args.annotations,
+        opset=opset,
     )
     graphs = ", ".join(
         manifest.graph(role, precision).file

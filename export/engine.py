@@ -48,6 +48,9 @@ TRACKING_BOX_INPUTS = ("proposals", "boxes", "rel")
 #: The detector's proposals (the box_head input): 1 .. the manifest's post_nms_top_n rows,
 #: whatever ``--boxes`` says (the rpn graph returns at most that many).
 PROPOSALS = "proposals"
+#: The oldest TensorRT whose ONNX parser reads the graphs of each export opset (onnx-tensorrt's
+#: operator lists: TensorRT 8.5 and 8.6 read opsets up to 17, TensorRT 10.0 opsets 9 to 20).
+TENSORRT_FOR_OPSET = {17: "8.5", 20: "10"}
 
 Range = tuple[int, int, int]
 SizeRange = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
@@ -96,13 +99,24 @@ def _graphs(manifest: Manifest | TrackingManifest) -> _Graphs:
     )
 
 
-def load_model_manifest(model_dir: str | os.PathLike) -> Manifest | TrackingManifest:
-    """The checked manifest of a detection or a tracking model folder."""
+def load_model_manifest(
+    model_dir: str | os.PathLike, verify: bool = True
+) -> Manifest | TrackingManifest:
+    """The checked manifest of a detection or a tracking model folder (and the graphs' sha256
+    when `verify`)."""
     from iounet.export.tracking_manifest import is_tracking_model, load_tracking_manifest
 
     if is_tracking_model(model_dir):
-        return load_tracking_manifest(model_dir)
-    return load_manifest(model_dir)
+        return load_tracking_manifest(model_dir, verify)
+    return load_manifest(model_dir, verify)
+
+
+def tensorrt_note(opset: int) -> str:
+    """Which TensorRT parses the graphs of a model folder exported at ONNX opset `opset`."""
+    note = f"graphs at opset {opset}: TensorRT {TENSORRT_FOR_OPSET[opset]} or newer"
+    if opset > 17:  # beyond the ONNX parser of TensorRT 8.5/8.6
+        note += "; export with --opset 17 for TensorRT 8.5/8.6"
+    return note
 
 
 def parse_range(text: str, name: str) -> Range:
@@ -221,7 +235,12 @@ def build_engines(
     )
     trt = import_tensorrt()
     plugin_version = plugin_library_version(load_plugin_library())
-    builder = _Builder(trt, workspace_mb, Path(timing_cache) if timing_cache else None)
+    builder = _Builder(
+        trt,
+        workspace_mb,
+        Path(timing_cache) if timing_cache else None,
+        tensorrt_note(manifest.opset),
+    )
 
     with output.staged() as staging:
         engines = {}
@@ -265,10 +284,14 @@ def _is_engine_folder(folder: Path) -> bool:
 
 
 class _Builder:
-    """One TensorRT builder, logger and (optional) timing cache shared by a folder's builds."""
+    """One TensorRT builder, logger and (optional) timing cache shared by a folder's builds;
+    `opset_note` (``tensorrt_note``) ends the message of a graph TensorRT cannot parse."""
 
-    def __init__(self, trt: Any, workspace_mb: int | None, timing_cache: Path | None) -> None:
+    def __init__(
+        self, trt: Any, workspace_mb: int | None, timing_cache: Path | None, opset_note: str
+    ) -> None:
         self.trt = trt
+        self.opset_note = opset_note
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.builder = trt.Builder(self.logger)
         self.workspace_mb = workspace_mb
@@ -284,7 +307,10 @@ class _Builder:
         parser = trt.OnnxParser(network, self.logger)
         if not parser.parse_from_file(str(onnx_path)):
             messages = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-            raise ValueError(f"TensorRT cannot parse {onnx_path}: {messages or 'no message'}")
+            raise ValueError(
+                f"TensorRT {trt.__version__} cannot parse {onnx_path}: "
+                f"{messages or 'no message'} ({self.opset_note})"
+            )
         config = self.builder.create_builder_config()
         if precision == "fp32":
             config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32, not TensorFloat-32

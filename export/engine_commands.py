@@ -34,7 +34,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build_engine(args: argparse.Namespace) -> int:
-    from iounet.export.engine import build_engines, parse_image_size, parse_range
+    from iounet.export.engine import (
+        build_engines,
+        load_model_manifest,
+        parse_image_size,
+        parse_range,
+        tensorrt_note,
+    )
 
     boxes = parse_range(args.boxes, "--boxes")
     image_size = parse_image_size(args.image_size)
@@ -51,4 +57,5 @@ def _build_engine(args: argparse.Namespace) -> int:
     except ImportError as error:  # no TensorRT here: say what to install, in one line
         raise ValueError(str(error)) from error
     print(f"{args.precision} engines -> {folder}")
+    print(tensorrt_note(load_model_manifest(args.model, verify=False).opset))
     return 0

@@ -40,6 +40,10 @@ ROLE_OUTPUTS = {
     "box_head": ("boxes", "scores", "labels"),
 }
 PRECISIONS = ("fp32", "fp16")
+#: The ONNX opsets (default domain) the graphs are exported at: 20, or 17 for TensorRT 8.5/8.6,
+#: whose ONNX parser reads opset 17 at most.
+OPSETS = (17, 20)
+DEFAULT_OPSET = 20
 
 JSONObject = dict[str, Any]
 
@@ -456,11 +460,19 @@ def _parse(path: Path, data: Any) -> Manifest:
             read.count(checkpoint, "step", "checkpoint"),
         ),
         graphs=_parse_graphs(read, read.get(data, "graphs", dict), roles),
-        opset=read.positive(data, "opset"),
+        opset=_opset(read, data),
         custom_opsets=_custom_opsets(read, data),
         versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
         detector=detector,
     )
+
+
+def _opset(read: _Reader, data: JSONObject) -> int:
+    """The manifest's ONNX opset (one of ``OPSETS``)."""
+    opset = read.get(data, "opset", int)
+    if opset not in OPSETS:
+        raise read.fail(f"opset must be one of {list(OPSETS)}, got {opset}")
+    return opset
 
 
 def _custom_opsets(read: _Reader, data: JSONObject) -> dict[str, int]:

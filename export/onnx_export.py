@@ -32,6 +32,8 @@ from iounet.export.graphs import (
     RefineStepGraph,
 )
 from iounet.export.manifest import (
+    DEFAULT_OPSET,
+    OPSETS,
     Category,
     CheckpointInfo,
     DetectorSpec,
@@ -45,14 +47,13 @@ from iounet.export.manifest import (
 )
 from iounet.export.refine_step import RefineParams
 from iounet.files import check_output
-from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION, TRANSLATION_TABLE
+from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION, translation_table
 from iounet.training.checkpoint import load_model
 from iounet.training.config import TrainConfig
 from iounet.training.images import SIZE_DIVISOR
 from iounet.training.joint_model import PADDING_SCORE, JointIoUNet
 from iounet.training.model import FPN_STRIDES, IMAGE_MEAN, IMAGE_STD, IoUNet
 
-OPSET = 20
 #: The refinement state a step reads and writes, and its settings (inputs of refine_step).
 STEP_STATE = ("iou", "grad", "active")
 STEP_SETTINGS = ("step", "early_stop", "degrade_tolerance")
@@ -69,13 +70,16 @@ def export_model(
     force: bool = False,
     fp16: bool = False,
     annotations: str | os.PathLike | None = None,
+    opset: int = DEFAULT_OPSET,
 ) -> Manifest:
     """Export the IoU-Net of `checkpoint` to the folder `out` (fp32 graphs, fp16 too if asked);
     a joint IoU-Net's folder also holds its detector (the rpn and box_head graphs).
 
     `annotations` (a COCO file) gives the category id of each class; without it the ids are
-    1..num_classes in the checkpoint's class order.
+    1..num_classes in the checkpoint's class order. `opset` is the graphs' ONNX opset (one of
+    ``OPSETS``: 17 for TensorRT 8.5/8.6).
     """
+    check_opset(opset)
     out = Path(out)
     output = check_output(out, force, _is_model_folder, "model folder", folder=True)
     model, state = load_model(checkpoint)
@@ -87,9 +91,9 @@ def export_model(
     categories = _categories(state["class_names"], annotations)
     config = TrainConfig.from_dict(state["config"])
     with output.staged() as staging:
-        graphs = {"fp32": _export_graphs(model, staging, torch.float32, "")}
+        graphs = {"fp32": _export_graphs(model, staging, torch.float32, "", opset)}
         if fp16:
-            graphs["fp16"] = _export_graphs(model, staging, torch.float16, ".fp16")
+            graphs["fp16"] = _export_graphs(model, staging, torch.float16, ".fp16", opset)
         manifest = Manifest(
             folder=staging,
             categories=categories,
@@ -108,7 +112,7 @@ def export_model(
                 Path(checkpoint).name, sha256_file(checkpoint), int(state["step"])
             ),
             graphs=graphs,
-            opset=OPSET,
+            opset=opset,
             custom_opsets={DOMAIN: DOMAIN_VERSION},
             versions=_versions(),
             detector=_detector_spec(model),
@@ -116,6 +120,21 @@ def export_model(
         manifest.save(staging)
         load_manifest(staging)
     return load_manifest(out)
+
+
+def check_opset(opset: object, name: str = "opset") -> int:
+    """`opset` if it is one of ``OPSETS``, else a ValueError naming `name` and those values."""
+    if type(opset) is not int or opset not in OPSETS:
+        allowed = " or ".join(str(o) for o in OPSETS)
+        raise ValueError(f"{name} must be {allowed} (17 for TensorRT 8.5/8.6), got {opset!r}")
+    return opset
+
+
+def parse_opset(text: str | None) -> int:
+    """The opset of ``--opset TEXT`` (one of ``OPSETS``; ``DEFAULT_OPSET`` without the option)."""
+    if text is None:
+        return DEFAULT_OPSET
+    return check_opset(int(text) if text.strip().isdecimal() else text, "--opset")
 
 
 def _detector_spec(model: IoUNet | JointIoUNet) -> DetectorSpec | None:
@@ -159,9 +178,10 @@ def _is_model_folder(folder: Path) -> bool:
 
 
 def _export_graphs(
-    model: IoUNet | JointIoUNet, folder: Path, dtype: torch.dtype, suffix: str
+    model: IoUNet | JointIoUNet, folder: Path, dtype: torch.dtype, suffix: str, opset: int
 ) -> dict[str, GraphEntry]:
-    """Export the graphs in `dtype` (boxes, labels and box outputs stay float32/int64)."""
+    """Export the graphs in `dtype` (boxes, labels and box outputs stay float32/int64) at ONNX
+    opset `opset`."""
     image = torch.rand(1, 3, *_EXAMPLE_IMAGE)
     with torch.no_grad():
         maps = tuple(m.to(dtype) for m in model.backbone(image))
@@ -236,7 +256,7 @@ def _export_graphs(
     entries = {}
     for role, (module, inputs, dims, input_names, output_names) in specs.items():
         path = folder / f"{role}{suffix}.onnx"
-        _export_one(module.eval(), inputs, dims, input_names, output_names, path)
+        _export_one(module.eval(), inputs, dims, input_names, output_names, path, opset)
         entries[role] = GraphEntry(path.name, sha256_file(path), *_signature(path))
     return entries
 
@@ -255,7 +275,10 @@ def _export_one(
     input_names: list[str],
     output_names: list[str],
     path: Path,
+    opset: int,
 ) -> None:
+    """Export one graph at ONNX opset `opset` to `path` and check it (full check, its opset and
+    input names)."""
     import onnx
 
     with _quiet():
@@ -264,15 +287,18 @@ def _export_one(
             inputs,
             dynamo=True,
             dynamic_shapes=dims,
-            custom_translation_table=TRANSLATION_TABLE,
+            custom_translation_table=translation_table(opset),
             input_names=input_names,
             output_names=output_names,
-            opset_version=OPSET,
+            opset_version=opset,
             verbose=False,
         )
         program.save(str(path))
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
+    found = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if found != [opset]:
+        raise RuntimeError(f"{path.name}: exported at ONNX opset {found}, not the asked {opset}")
     actual = [value.name for value in model.graph.input]
     if actual != input_names:
         raise RuntimeError(f"{path.name}: exported inputs {actual}, expected {input_names}")
@@ -280,10 +306,12 @@ def _export_one(
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """Keep the exporter's progress lines and warnings off the user's terminal."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """Keep the exporter's (and its version converter's) progress lines and warnings off the
+    user's terminal."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
         with (
             warnings.catch_warnings(),
@@ -293,7 +321,8 @@ def _quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 
 
-def export_tracking(args: argparse.Namespace) -> int | None:
-    """Export `args.checkpoint` as a tracking model when it is a pytracking checkpoint (a dict
-    with a ``net`` state dict); None for any other checkpoint (the IoU-Net export takes it)."""
+def export_tracking(args: argparse.Namespace, opset: int) -> int | None:
+    """Export `args.checkpoint` as a tracking model (graphs at ONNX opset `opset`) when it is a
+    pytracking checkpoint (a dict with a ``net`` state dict); None for any other checkpoint (the
+    IoU-Net export takes it)."""
     from iounet.export.tracking_export import _is_model_folder, export_tracking_model
     from iounet.files import check_output
     from iounet.training.pytracking_checkpoint import is_pytracking_checkpoint, read_checkpoint
@@ -20,7 +21,9 @@ def export_tracking(args: argparse.Namespace) -> int | None:
     for option in ("fp16", "annotations"):
         if getattr(args, option, None):
             raise ValueError(f"--{option} does not apply to a pytracking (tracking) checkpoint")
-    manifest = export_tracking_model(args.checkpoint, args.out, force=args.force, contents=contents)
+    manifest = export_tracking_model(
+        args.checkpoint, args.out, force=args.force, contents=contents, opset=opset
+    )
     graphs = ", ".join(entry.file for entry in manifest.graphs.values())
     print(
         f"exported {args.checkpoint} (pytracking {manifest.backbone} IoU-Net) -> {args.out}: "

@@ -16,8 +16,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from iounet.export.manifest import FeatureMap, GraphEntry, load_manifest, sha256_file
-from iounet.export.onnx_export import OPSET, _export_one, _signature, _versions
+from iounet.export.manifest import (
+    DEFAULT_OPSET,
+    FeatureMap,
+    GraphEntry,
+    load_manifest,
+    sha256_file,
+)
+from iounet.export.onnx_export import _export_one, _signature, _versions, check_opset
 from iounet.export.tracking_graphs import (
     AtomStepGraph,
     IoUFeatGraph,
@@ -52,13 +58,16 @@ def export_tracking_model(
     force: bool = False,
     refinement: TrackingRefineParams | None = None,
     contents: Any = None,
+    opset: int = DEFAULT_OPSET,
 ) -> TrackingManifest:
     """Export the IoU-Net and backbone of a pytracking checkpoint to the folder `out`.
 
     `refinement` sets the manifest's refinement defaults (pytracking's ATOM defaults: 5
     iterations, step length 1, decay 1, "atom"); `contents` are the checkpoint's already
-    unpickled contents (``read_checkpoint``), to avoid reading it twice.
+    unpickled contents (``read_checkpoint``), to avoid reading it twice; `opset` is the graphs'
+    ONNX opset (one of ``OPSETS``: 17 for TensorRT 8.5/8.6).
     """
+    check_opset(opset)
     out = Path(out)
     output = check_output(out, force, _is_model_folder, "model folder", folder=True)
     source = str(checkpoint)
@@ -79,8 +88,8 @@ def export_tracking_model(
             checkpoint=SourceCheckpoint(
                 Path(checkpoint).name, sha256_file(checkpoint), found.constructor, found.epoch
             ),
-            graphs=export_tracking_graphs(model, staging),
-            opset=OPSET,
+            graphs=export_tracking_graphs(model, staging, opset),
+            opset=opset,
             custom_opsets={DOMAIN: DOMAIN_VERSION},
             versions=_versions(),
         )
@@ -98,8 +107,9 @@ def _is_model_folder(folder: Path) -> bool:
     return True
 
 
-def export_tracking_graphs(model: TrackingNet, folder: Path) -> dict[str, GraphEntry]:
-    """Export the seven graphs of `model` (float32) into `folder`; their manifest entries."""
+def export_tracking_graphs(model: TrackingNet, folder: Path, opset: int) -> dict[str, GraphEntry]:
+    """Export the seven graphs of `model` (float32, ONNX opset `opset`) into `folder`; their
+    manifest entries."""
     backbone = copy.deepcopy(model.feature_extractor).eval()
     net = copy.deepcopy(model.bb_regressor).eval()
     image = torch.rand(1, 3, _EXAMPLE_CROP, _EXAMPLE_CROP)
@@ -175,6 +185,6 @@ def export_tracking_graphs(model: TrackingNet, folder: Path) -> dict[str, GraphE
     entries = {}
     for role, (module, inputs, shapes, input_names, output_names) in specs.items():
         path = folder / f"{role}.onnx"
-        _export_one(module.eval(), inputs, shapes, input_names, output_names, path)
+        _export_one(module.eval(), inputs, shapes, input_names, output_names, path, opset)
         entries[role] = GraphEntry(path.name, sha256_file(path), *_signature(path))
     return entries

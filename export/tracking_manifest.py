@@ -21,6 +21,7 @@ from iounet.export.manifest import (
     GraphEntry,
     ManifestFile,
     _custom_opsets,
+    _opset,
     _Reader,
     _tensors,
     read_manifest_json,
@@ -193,7 +194,7 @@ def _parse(path: Path, data: Any) -> TrackingManifest:
             epoch,
         ),
         graphs=_parse_graphs(read, read.get(data, "graphs", dict)),
-        opset=read.positive(data, "opset"),
+        opset=_opset(read, data),
         custom_opsets=_custom_opsets(read, data),
         versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
     )

@@ -1,10 +1,12 @@
 """The ONNX translation of the registered ops for torch's dynamo exporter.
 
-``torch.onnx.export(..., dynamo=True, custom_translation_table=TRANSLATION_TABLE)`` turns
+``torch.onnx.export(..., dynamo=True, custom_translation_table=translation_table(opset))`` turns
 ``torch.ops.iounet.prroi_pool`` into an ``iounet::PrRoIPool`` node and
 ``torch.ops.iounet.prroi_pool_coord_grad`` into ``iounet::PrRoIPoolCoordGrad`` (attributes
 ``pooled_height``, ``pooled_width``, ``spatial_scale``; domain ``iounet`` version 1), the nodes
-the ONNX Runtime ops and the TensorRT plugins implement. Importing this module registers the two
+the ONNX Runtime ops and the TensorRT plugins implement, and ``torch.ops.iounet.nms`` into
+standard ops of the graph's opset (NonMaxSuppression, Unsqueeze, Gather, Constant: the same
+nodes at every opset from 13 on). Importing this module registers the two
 nodes' schemas with ``onnx`` (types: the maps' output follows the maps, the box gradient the
 boxes), so the exporter and ``onnx.checker`` know their signatures.
 """
@@ -17,7 +19,6 @@ import onnx
 import onnxscript
 import torch
 from onnx.defs import OpSchema
-from onnxscript import opset20 as op
 
 import iounet.plugins.nms_op  # registers torch.ops.iounet.nms
 import iounet.plugins.ops  # noqa: F401 - registers torch.ops.iounet.prroi_pool*
@@ -108,28 +109,40 @@ def _prroi_pool_coord_grad(
 
 #: NonMaxSuppression's cap on the boxes kept (per batch and class): all of them.
 _KEEP_ALL = 1 << 31
+#: The oldest ONNX opset the translation's standard ops have their current form in.
+MIN_OPSET = 13
+
+Translation = dict[torch._ops.OpOverload, Callable[..., onnxscript.ir.Value]]
 
 
-def _nms(
-    boxes: onnxscript.ir.Value,
-    scores: onnxscript.ir.Value,
-    iou_threshold: float,
-    score_threshold: float,
-) -> onnxscript.ir.Value:
-    """nms(boxes (N, 4), scores (N,), iou_threshold, score_threshold) -> kept indices (M,)."""
-    selected = op.NonMaxSuppression(
-        op.Unsqueeze(boxes, op.Constant(value_ints=[0])),
-        op.Unsqueeze(scores, op.Constant(value_ints=[0, 1])),
-        op.Constant(value_ints=[_KEEP_ALL]),
-        op.Constant(value_floats=[float(iou_threshold)]),
-        op.Constant(value_floats=[float(score_threshold)]),
-    )
-    return op.Gather(selected, op.Constant(value_int=2), axis=1)
+def translation_table(opset: int) -> Translation:
+    """``custom_translation_table`` for ``torch.onnx.export`` of a graph at ONNX opset `opset`."""
+    if opset < MIN_OPSET:
+        raise ValueError(f"the translation needs ONNX opset {MIN_OPSET} or newer, got {opset}")
+    op = onnxscript.values.Opset("", opset)
+
+    def nms(
+        boxes: onnxscript.ir.Value,
+        scores: onnxscript.ir.Value,
+        iou_threshold: float,
+        score_threshold: float,
+    ) -> onnxscript.ir.Value:
+        """nms(boxes (N, 4), scores (N,), iou_threshold, score_threshold) -> kept indices (M,)."""
+        selected = op.NonMaxSuppression(
+            op.Unsqueeze(boxes, op.Constant(value_ints=[0])),
+            op.Unsqueeze(scores, op.Constant(value_ints=[0, 1])),
+            op.Constant(value_ints=[_KEEP_ALL]),
+            op.Constant(value_floats=[float(iou_threshold)]),
+            op.Constant(value_floats=[float(score_threshold)]),
+        )
+        return op.Gather(selected, op.Constant(value_int=2), axis=1)
+
+    return {
+        torch.ops.iounet.prroi_pool.default: _prroi_pool,
+        torch.ops.iounet.prroi_pool_coord_grad.default: _prroi_pool_coord_grad,
+        torch.ops.iounet.nms.default: nms,
+    }
 
 
-#: ``custom_translation_table`` for ``torch.onnx.export``.
-TRANSLATION_TABLE: dict[torch._ops.OpOverload, Callable[..., onnxscript.ir.Value]] = {
-    torch.ops.iounet.prroi_pool.default: _prroi_pool,
-    torch.ops.iounet.prroi_pool_coord_grad.default: _prroi_pool_coord_grad,
-    torch.ops.iounet.nms.default: _nms,
-}
+#: The table at opset 20, the exporter's default.
+TRANSLATION_TABLE: Translation = translation_table(20)

@@ -51,6 +51,25 @@ def exported_model(tmp_path_factory):
     return checkpoint, root / "model"
 
 
+def exported_at(factory: pytest.TempPathFactory, checkpoint: Path, opset: int) -> Path:
+    """The model folder `iounet export --opset OPSET` makes of `checkpoint` (fp16 graphs too for
+    an IoU-Net checkpoint), exported once per test session: the folder is kept beside the
+    session's other temporary folders and reused when it is there."""
+    from iounet.cli import main
+
+    folder = factory.getbasetemp() / f"{checkpoint.parent.name}-opset{opset}"
+    if not (folder / "manifest.json").is_file():
+        argv = ["export", str(checkpoint), "--out", str(folder), "--opset", str(opset)]
+        assert main([*argv, *([] if checkpoint.suffix == ".tar" else ["--fp16"])]) == 0
+    return folder
+
+
+@pytest.fixture(scope="session")
+def exported_joint_model_17(exported_joint_model, tmp_path_factory):
+    """The model folder of exported_joint_model's checkpoint exported at opset 17 (TensorRT 8.x)."""
+    return exported_at(tmp_path_factory, exported_joint_model[0], 17)
+
+
 @pytest.fixture(scope="session")
 def exported_joint_model(tmp_path_factory):
     """(checkpoint, model folder): a tiny joint IoU-Net (detector included) exported with fp32

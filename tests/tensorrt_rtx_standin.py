@@ -57,6 +57,7 @@ def replace_custom_nodes(model: Any, nms: bool = False) -> tuple[Any, collection
     }
     types.update({tensor.name: tensor.data_type for tensor in graph.initializer})
     replaced: collections.Counter = collections.Counter()
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
     nodes = []
     constants = []
 
@@ -84,9 +85,12 @@ def replace_custom_nodes(model: Any, nms: bool = False) -> tuple[Any, collection
             size = [1, 1, attributes["pooled_height"], attributes["pooled_width"]]
             nodes += [
                 # (1, C, 1, 1): the mean of every channel, in the features' dtype
+                # axes: an input from opset 18, an attribute before
                 helper.make_node(
                     "ReduceMean", [features, constant(f"{tag}_nhw", [0, 2, 3])], [f"{tag}_mean"]
-                ),
+                )
+                if opset >= 18
+                else helper.make_node("ReduceMean", [features], [f"{tag}_mean"], axes=[0, 2, 3]),
                 # (K, 1, 1, 1): zero per roi, computed from the rois
                 helper.make_node(
                     "ReduceSum", [rois, constant(f"{tag}_c", [1])], [f"{tag}_sum"], keepdims=1

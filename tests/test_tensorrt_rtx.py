@@ -6,6 +6,9 @@ everything else in the graphs is parsed and built as exported, strongly typed, w
 optimization profile `iounet build-engine` would use. This guards what the exporter emits around
 our nodes. The build runs in a subprocess: TensorRT aborts the process on what it cannot take.
 
+Both export opsets are built: 20 (the tiny IoU-Net's and joint IoU-Net's folders) and 17 (the
+joint IoU-Net's folder exported with ``--opset 17``, whose first four graphs are the IoU-Net's).
+
 The detector's graphs of a joint IoU-Net (rpn, box_head) are built too. TensorRT-RTX parses the
 rpn graph's NonMaxSuppression node into an NMS layer but has no implementation of that layer
 ("has no runners that implement it"; full TensorRT implements INMSLayer), so the rpn graph is
@@ -36,7 +39,14 @@ from tensorrt_rtx_standin import (
 )
 
 from iounet.export.engine import engine_profiles, parse_image_size, parse_range
-from iounet.export.manifest import DETECTOR_ROLES, GRAPH_ROLES, Manifest, load_manifest
+from iounet.export.manifest import (
+    DEFAULT_OPSET,
+    DETECTOR_ROLES,
+    GRAPH_ROLES,
+    OPSETS,
+    Manifest,
+    load_manifest,
+)
 
 pytestmark = pytest.mark.skipif(
     not all(
@@ -61,10 +71,13 @@ STANDIN = Path(__file__).with_name("tensorrt_rtx_standin.py")
 BUILD_TIMEOUT_S = 300  # the eight builds take about 2 s on 2 cores
 
 
-def test_standin_graphs_build_with_tensorrt_rtx(exported_model, tmp_path):
-    _, folder = exported_model
+@pytest.mark.parametrize("opset", OPSETS)
+def test_standin_graphs_build_with_tensorrt_rtx(
+    exported_model, exported_joint_model_17, tmp_path, opset
+):
+    folder = exported_model[1] if opset == DEFAULT_OPSET else exported_joint_model_17
     manifest = load_manifest(folder)
-    assert manifest.precisions() == ["fp32", "fp16"]
+    assert manifest.precisions() == ["fp32", "fp16"] and manifest.opset == opset
     jobs = [
         _standin_job(manifest, role, precision, tmp_path)
         for precision in manifest.precisions()
@@ -74,12 +87,16 @@ def test_standin_graphs_build_with_tensorrt_rtx(exported_model, tmp_path):
     assert built == [job["name"] for job in jobs]
 
 
-def test_detector_graphs_with_tensorrt_rtx(exported_joint_model, tmp_path):
+@pytest.mark.parametrize("opset", OPSETS)
+def test_detector_graphs_with_tensorrt_rtx(
+    exported_joint_model, exported_joint_model_17, tmp_path, opset
+):
     """rpn: parsed as exported (one NMS layer), built with the NMS stand-in; box_head: built
     with the PrRoIPool stand-ins; fp32 and fp16."""
-    _, folder = exported_joint_model
+    folder = exported_joint_model[1] if opset == DEFAULT_OPSET else exported_joint_model_17
     manifest = load_manifest(folder)
     assert manifest.precisions() == ["fp32", "fp16"] and manifest.roles()[4:] == DETECTOR_ROLES
+    assert manifest.opset == opset
     jobs = []
     for precision in manifest.precisions():
         entry = manifest.graph("rpn", precision)
