@@ -1,9 +1,16 @@
-"""The CUDA library for TITAN X (Pascal), TITAN Xp (sm_61) and TITAN V (sm_70), built as
-`make cuda12` builds it: CUDA 13 dropped these architectures, so a CUDA 12 toolkit's nvcc compiles
-them. cuobjdump lists the GPU code in the library, one cubin per architecture."""
+"""The CUDA kernels for TITAN X (Pascal), TITAN Xp (sm_61) and TITAN V (sm_70), which CUDA 13
+dropped.
+
+Where NVIDIA's CUDA 12 toolkit is installed: the library built as `make cuda12` builds it, whose
+cubins cuobjdump lists. In CI (nvcc 13, and CUDA 12.9's ptxas from the nvidia-cuda-nvcc-cu12
+wheel of the test extra, which holds no nvcc): the kernels' device code as nvcc 13 writes it in
+PTX for compute_75, retargeted to sm_61 and sm_70, assembles with CUDA 12.9's ptxas, so it uses
+no instruction those GPUs lack.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -81,3 +88,56 @@ def test_cuda12_library_holds_sm61_and_sm70_code(tmp_path):
     nvcc = _cuda12_nvcc()
     library = _build(nvcc, ARCHS, tmp_path / "build")
     assert _elf_archs(_cuobjdump(nvcc), library) == set(ARCHS)
+
+
+#: PTX ISA version CUDA 12.9's ptxas reads at most.
+PTX_ISA_OF_CUDA_12_9 = "8.8"
+
+
+def _wheel_ptxas() -> Path:
+    """CUDA 12.9's ptxas from the nvidia-cuda-nvcc-cu12 wheel (the test extra)."""
+    spec = importlib.util.find_spec("nvidia")
+    folders = [Path(p) for p in spec.submodule_search_locations or []] if spec else []
+    found = [f / "cuda_nvcc" / "bin" / "ptxas" for f in folders]
+    found = [p for p in found if p.is_file()]
+    if not found:
+        pytest.skip("no CUDA 12 ptxas: pip install nvidia-cuda-nvcc-cu12 (in the test extra)")
+    return found[0]
+
+
+def _cubin_arch(cubin: Path) -> int:
+    """The SM version a cubin is for: the low byte of its ELF header's e_flags."""
+    header = cubin.read_bytes()[:64]
+    assert header[:4] == b"\x7fELF" and header[4] == 2, f"{cubin} is not a 64-bit ELF file"
+    return int.from_bytes(header[48:52], "little") & 0xFF
+
+
+def test_kernels_assemble_for_sm61_and_sm70(tmp_path):
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("no nvcc on the PATH: the PTX of the kernels cannot be written")
+    ptxas = _wheel_ptxas()
+    ptx = tmp_path / "prroi_pool_cuda.ptx"
+    source = ROOT / "plugins" / "csrc" / "prroi_pool_cuda.cu"
+    command = [nvcc, "-std=c++17", "-arch=compute_75", "-ptx", f"-I{source.parent}", str(source)]
+    subprocess.run(
+        [*command, "-o", str(ptx)], capture_output=True, text=True, timeout=600, check=True
+    )
+    text = ptx.read_text()
+    assert re.search(r"^\.target sm_75$", text, flags=re.MULTILINE), "nvcc wrote no sm_75 PTX"
+    assert "atom.global.add.f32" in text and "bar.sync" in text, "the PTX lacks the kernels"
+    for arch in ARCHS:
+        retargeted = tmp_path / f"sm_{arch}.ptx"
+        version = f".version {PTX_ISA_OF_CUDA_12_9}"
+        retargeted_text = re.sub(r"^\.version \d+\.\d+$", version, text, flags=re.MULTILINE)
+        retargeted_text = re.sub(
+            r"^\.target sm_75$", f".target sm_{arch}", retargeted_text, flags=re.MULTILINE
+        )
+        retargeted.write_text(retargeted_text)
+        cubin = tmp_path / f"sm_{arch}.cubin"
+        done = subprocess.run(
+            [str(ptxas), f"-arch=sm_{arch}", str(retargeted), "-o", str(cubin)],
+            capture_output=True, text=True, timeout=600, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, f"ptxas for sm_{arch}:\n{done.stderr}"
+        assert _cubin_arch(cubin) == int(arch)
