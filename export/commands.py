@@ -33,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from iounet.export.onnx_export import export_model, parse_opset
+    from iounet.export.graph_export import parse_opset
+    from iounet.export.onnx_export import export_model
     from iounet.export.tracking_commands import export_tracking
 
     opset = parse_opset(args.opset)

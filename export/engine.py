@@ -15,22 +15,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from iounet._version import __version__
-from iounet.export.manifest import (
-    DETECTOR_ROLES,
-    GRAPH_ROLES,
-    PRECISIONS,
-    GraphEntry,
-    Manifest,
-    load_manifest,
-    load_strict_json,
-    sha256_file,
-)
+from iounet.export.manifest import DETECTOR_ROLES, GRAPH_ROLES, PRECISIONS, Manifest
+from iounet.export.manifest_format import load_strict_json, sha256_file
+from iounet.export.model_folder import load_model_manifest
 from iounet.files import atomic_path, check_output
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
 
@@ -57,58 +48,24 @@ SizeRange = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 Shapes = tuple[list[int], list[int], list[int]]
 
 
-@dataclass(frozen=True)
-class _Graphs:
-    """What building and checking engines needs of a model folder, detection or tracking."""
-
-    roles: tuple[str, ...]
-    precisions: tuple[str, ...]
-    graph: Callable[[str, str], GraphEntry]  # (role, precision) -> its manifest entry
-    strides: dict[str, int]  # inputs that follow the image size (the image: 1) -> their stride
-    box_inputs: tuple[str, ...]  # inputs whose first dimension is the number of boxes
-    precision_hint: str  # how to get graphs of a precision the folder lacks
-    counts: dict[str, Range]  # inputs whose first dimension has its own (min, opt, max)
-
-
-def _graphs(manifest: Manifest | TrackingManifest) -> _Graphs:
+def _precision_hint(manifest: Manifest | TrackingManifest) -> str:
+    """How to get the graphs of a precision the model folder lacks."""
     if isinstance(manifest, Manifest):
-        detector = manifest.detector
-        return _Graphs(
-            roles=manifest.roles(),
-            precisions=tuple(manifest.precisions()),
-            graph=manifest.graph,
-            strides={"image": 1, **{level.name: level.stride for level in manifest.maps}},
-            box_inputs=BOX_INPUTS,
-            precision_hint="export the model with `iounet export --fp16` to build fp16 engines",
-            counts={}
-            if detector is None
-            else {PROPOSALS: (1, detector.post_nms_top_n, detector.post_nms_top_n)},
-        )
-    from iounet.export.tracking_manifest import IOU_FEATURE_MAPS, TRACKING_ROLES
-
-    strides = {"image": 1, **{level.name: level.stride for level in manifest.maps}}
-    strides.update({feat: strides[layer] for feat, layer in IOU_FEATURE_MAPS.items()})
-    return _Graphs(
-        roles=TRACKING_ROLES,
-        precisions=("fp32",),
-        graph=lambda role, precision: manifest.graphs[role],
-        strides=strides,
-        box_inputs=TRACKING_BOX_INPUTS,
-        precision_hint="tracking models are exported in fp32 only",
-        counts={},
-    )
+        return "export the model with `iounet export --fp16` to build fp16 engines"
+    return "tracking models are exported in fp32 only"
 
 
-def load_model_manifest(
-    model_dir: str | os.PathLike, verify: bool = True
-) -> Manifest | TrackingManifest:
-    """The checked manifest of a detection or a tracking model folder (and the graphs' sha256
-    when `verify`)."""
-    from iounet.export.tracking_manifest import is_tracking_model, load_tracking_manifest
+def _box_inputs(manifest: Manifest | TrackingManifest) -> tuple[str, ...]:
+    """The inputs whose first dimension is the number of boxes (``--boxes``)."""
+    return BOX_INPUTS if isinstance(manifest, Manifest) else TRACKING_BOX_INPUTS
 
-    if is_tracking_model(model_dir):
-        return load_tracking_manifest(model_dir, verify)
-    return load_manifest(model_dir, verify)
+
+def _counts(manifest: Manifest | TrackingManifest) -> dict[str, Range]:
+    """The inputs whose first dimension has its own (min, opt, max), not ``--boxes``."""
+    if isinstance(manifest, Manifest) and manifest.detector is not None:
+        top_n = manifest.detector.post_nms_top_n
+        return {PROPOSALS: (1, top_n, top_n)}
+    return {}
 
 
 def tensorrt_note(opset: int) -> str:
@@ -165,10 +122,9 @@ def engine_profiles(
     other dimension (the modulation vectors, a step's settings, the detector's image_size (2,))
     as the manifest has it.
     """
-    graphs = _graphs(manifest)
-    strides, box_inputs, counts = graphs.strides, graphs.box_inputs, graphs.counts
+    strides, counts, box_inputs = manifest.input_strides(), _counts(manifest), _box_inputs(manifest)
     profiles: dict[str, Shapes] = {}
-    for tensor in graphs.graph(role, precision).inputs:
+    for tensor in manifest.graph(role, precision).inputs:
         name, shape = tensor.name, list(tensor.shape)
         where = f"{manifest.folder}: {role} input {name}"
         if name in strides:
@@ -223,11 +179,11 @@ def build_engines(
     as it was.
     """
     manifest = load_model_manifest(model_dir)
-    graphs = _graphs(manifest)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision not in graphs.precisions:
-        raise ValueError(f"{manifest.folder} has no {precision} graphs: {graphs.precision_hint}")
+    if precision not in manifest.precisions():
+        hint = _precision_hint(manifest)
+        raise ValueError(f"{manifest.folder} has no {precision} graphs: {hint}")
     if workspace_mb is not None and workspace_mb < 1:
         raise ValueError(f"the workspace must be a positive number of MB, got {workspace_mb}")
     output = check_output(
@@ -244,8 +200,8 @@ def build_engines(
 
     with output.staged() as staging:
         engines = {}
-        for role in graphs.roles:
-            graph = graphs.graph(role, precision)
+        for role in manifest.roles():
+            graph = manifest.graph(role, precision)
             profile = engine_profiles(manifest, role, boxes, image_size, precision)
             data = builder.build(manifest.folder / graph.file, precision, profile)
             file = f"{role}.engine"
@@ -463,12 +419,12 @@ def check_engine_metadata(
             f"{path}: the engines were built with plugin library {built['plugin_library']}, "
             f"the loaded one is {plugin_version}; {rebuild}"
         )
-    graphs = _graphs(manifest)
-    if set(metadata["engines"]) != set(graphs.roles):
+    roles = manifest.roles()
+    if set(metadata["engines"]) != set(roles):
         raise ValueError(f"{path}: the engines are not those of {manifest.folder}; {rebuild}")
-    for role in graphs.roles:
+    for role in roles:
         entry = metadata["engines"][role]
-        if entry["onnx"]["sha256"] != graphs.graph(role, precision).sha256:
+        if entry["onnx"]["sha256"] != manifest.graph(role, precision).sha256:
             raise ValueError(
                 f"{path}: the {role} engine was built from another export of the model "
                 f"({entry['onnx']['file']} has changed since); {rebuild}"

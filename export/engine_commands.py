@@ -34,13 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _build_engine(args: argparse.Namespace) -> int:
-    from iounet.export.engine import (
-        build_engines,
-        load_model_manifest,
-        parse_image_size,
-        parse_range,
-        tensorrt_note,
-    )
+    from iounet.export.engine import build_engines, parse_image_size, parse_range, tensorrt_note
+    from iounet.export.model_folder import load_model_manifest
 
     boxes = parse_range(args.boxes, "--boxes")
     image_size = parse_image_size(args.image_size)

@@ -8,20 +8,20 @@ an empty folder or a model folder (it holds our manifest; ``iounet.files.check_o
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
-import logging
 import os
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from iounet._version import __version__
+from iounet.export.graph_export import (
+    GraphSpec,
+    check_opset,
+    export_graphs,
+    export_versions,
+)
 from iounet.export.graphs import (
     MAP_NAMES,
     BackboneGraph,
@@ -33,7 +33,6 @@ from iounet.export.graphs import (
 )
 from iounet.export.manifest import (
     DEFAULT_OPSET,
-    OPSETS,
     Category,
     CheckpointInfo,
     DetectorSpec,
@@ -41,13 +40,12 @@ from iounet.export.manifest import (
     GraphEntry,
     InputSpec,
     Manifest,
-    TensorSpec,
     load_manifest,
     sha256_file,
 )
+from iounet.export.model_folder import check_model_output
 from iounet.export.refine_step import RefineParams
-from iounet.files import check_output
-from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION, translation_table
+from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION
 from iounet.training.checkpoint import load_model
 from iounet.training.config import TrainConfig
 from iounet.training.images import SIZE_DIVISOR
@@ -81,7 +79,7 @@ def export_model(
     """
     check_opset(opset)
     out = Path(out)
-    output = check_output(out, force, _is_model_folder, "model folder", folder=True)
+    output = check_model_output(out, force)
     model, state = load_model(checkpoint)
     if model.head is None:
         raise ValueError(
@@ -114,27 +112,12 @@ def export_model(
             graphs=graphs,
             opset=opset,
             custom_opsets={DOMAIN: DOMAIN_VERSION},
-            versions=_versions(),
+            versions=export_versions(),
             detector=_detector_spec(model),
         )
         manifest.save(staging)
         load_manifest(staging)
     return load_manifest(out)
-
-
-def check_opset(opset: object, name: str = "opset") -> int:
-    """`opset` if it is one of ``OPSETS``, else a ValueError naming `name` and those values."""
-    if type(opset) is not int or opset not in OPSETS:
-        allowed = " or ".join(str(o) for o in OPSETS)
-        raise ValueError(f"{name} must be {allowed} (17 for TensorRT 8.5/8.6), got {opset!r}")
-    return opset
-
-
-def parse_opset(text: str | None) -> int:
-    """The opset of ``--opset TEXT`` (one of ``OPSETS``; ``DEFAULT_OPSET`` without the option)."""
-    if text is None:
-        return DEFAULT_OPSET
-    return check_opset(int(text) if text.strip().isdecimal() else text, "--opset")
 
 
 def _detector_spec(model: IoUNet | JointIoUNet) -> DetectorSpec | None:
@@ -169,12 +152,6 @@ def _categories(
     if names != list(class_names):
         raise ValueError(f"{path} has classes {names}, the checkpoint {list(class_names)}")
     return tuple(Category(cid, name) for cid, name in ids)
-
-
-def _is_model_folder(folder: Path) -> bool:
-    """Whether `folder` holds a manifest this package wrote (what ``--force`` may replace)."""
-    load_manifest(folder, verify=False)
-    return True
 
 
 def _export_graphs(
@@ -215,16 +192,18 @@ def _export_graphs(
     step_dims = (*head_dims, {0: boxes}, {0: boxes}, {0: boxes}, None, None, None, None)
     names = list(MAP_NAMES)
     specs = {
-        "backbone": (backbone, (image,), (image_dims,), ["image"], names),
-        "head": (HeadGraph(head), head_inputs, head_dims, [*names, "rois", "labels"], ["iou"]),
-        "iou_grad": (
+        "backbone": GraphSpec(backbone, (image,), (image_dims,), ["image"], names),
+        "head": GraphSpec(
+            HeadGraph(head), head_inputs, head_dims, [*names, "rois", "labels"], ["iou"]
+        ),
+        "iou_grad": GraphSpec(
             IoUGradGraph(head),
             head_inputs,
             head_dims,
             [*names, "rois", "labels"],
             ["iou", "grad"],
         ),
-        "refine_step": (
+        "refine_step": GraphSpec(
             RefineStepGraph(head),
             step_inputs,
             step_dims,
@@ -239,26 +218,21 @@ def _export_graphs(
             # fewer than post_nms_top_n, so that no size of the trace is a setting's value
             proposals = detector.proposals(maps, image_size).float()[:_EXAMPLE_PROPOSALS]
         count = torch.export.Dim("P", min=1, max=1 << 16)
-        specs["rpn"] = (
+        specs["rpn"] = GraphSpec(
             ProposalGraph(detector),
             (*maps, image_size),
             (*map_dims, None),
             [*names, "image_size"],
             ["proposals"],
         )
-        specs["box_head"] = (
+        specs["box_head"] = GraphSpec(
             DetectionGraph(detector),
             (*maps, proposals, image_size),
             (*map_dims, {0: count}, None),
             [*names, "proposals", "image_size"],
             ["boxes", "scores", "labels"],
         )
-    entries = {}
-    for role, (module, inputs, dims, input_names, output_names) in specs.items():
-        path = folder / f"{role}{suffix}.onnx"
-        _export_one(module.eval(), inputs, dims, input_names, output_names, path, opset)
-        entries[role] = GraphEntry(path.name, sha256_file(path), *_signature(path))
-    return entries
+    return export_graphs(specs, folder, opset, suffix)
 
 
 def _example_boxes(num_classes: int) -> tuple[Tensor, Tensor]:
@@ -266,84 +240,3 @@ def _example_boxes(num_classes: int) -> tuple[Tensor, Tensor]:
     rois = torch.cat([torch.zeros(_EXAMPLE_BOXES, 1), corners[:_EXAMPLE_BOXES]], dim=1)
     labels = torch.arange(_EXAMPLE_BOXES) % num_classes
     return rois, labels
-
-
-def _export_one(
-    module: nn.Module,
-    inputs: tuple,
-    dims: tuple,
-    input_names: list[str],
-    output_names: list[str],
-    path: Path,
-    opset: int,
-) -> None:
-    """Export one graph at ONNX opset `opset` to `path` and check it (full check, its opset and
-    input names)."""
-    import onnx
-
-    with _quiet():
-        program = torch.onnx.export(
-            module,
-            inputs,
-            dynamo=True,
-            dynamic_shapes=dims,
-            custom_translation_table=translation_table(opset),
-            input_names=input_names,
-            output_names=output_names,
-            opset_version=opset,
-            verbose=False,
-        )
-        program.save(str(path))
-    model = onnx.load(str(path))
-    onnx.checker.check_model(model, full_check=True)
-    found = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
-    if found != [opset]:
-        raise RuntimeError(f"{path.name}: exported at ONNX opset {found}, not the asked {opset}")
-    actual = [value.name for value in model.graph.input]
-    if actual != input_names:
-        raise RuntimeError(f"{path.name}: exported inputs {actual}, expected {input_names}")
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Keep the exporter's (and its version converter's) progress lines and warnings off the
-    user's terminal."""
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.setLevel(logging.ERROR)
-    try:
-        with (
-            warnings.catch_warnings(),
-            contextlib.redirect_stdout(io.StringIO()),
-            torch.no_grad(),
-        ):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for logger, level in zip(loggers, levels, strict=True):
-            logger.setLevel(level)
-
-
-def _signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The graph's inputs and outputs: name, element type and shape (ints or dimension names)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-
-    def describe(value: onnx.ValueInfoProto) -> TensorSpec:
-        tensor = value.type.tensor_type
-        shape = tuple(d.dim_param if d.dim_param else d.dim_value for d in tensor.shape.dim)
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-        return TensorSpec(value.name, dtype, shape)
-
-    return (
-        tuple(describe(v) for v in model.graph.input),
-        tuple(describe(v) for v in model.graph.output),
-    )
-
-
-def _versions() -> dict[str, str]:
-    import onnx
-
-    return {"iounet": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__}

@@ -9,12 +9,12 @@ def export_tracking(args: argparse.Namespace, opset: int) -> int | None:
     """Export `args.checkpoint` as a tracking model (graphs at ONNX opset `opset`) when it is a
     pytracking checkpoint (a dict with a ``net`` state dict); None for any other checkpoint (the
     IoU-Net export takes it)."""
-    from iounet.export.tracking_export import _is_model_folder, export_tracking_model
-    from iounet.files import check_output
+    from iounet.export.model_folder import check_model_output
+    from iounet.export.tracking_export import export_tracking_model
     from iounet.training.pytracking_checkpoint import is_pytracking_checkpoint, read_checkpoint
 
     # The overwrite rule first (before reading the checkpoint), as the IoU-Net export does.
-    check_output(args.out, args.force, _is_model_folder, "model folder", folder=True)
+    check_model_output(args.out, args.force)
     contents = read_checkpoint(args.checkpoint)
     if not is_pytracking_checkpoint(contents):
         return None

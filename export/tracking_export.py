@@ -2,8 +2,8 @@
 (see ``iounet.export.tracking_graphs``) and ``manifest.json`` (``TrackingManifest``).
 
 The checkpoint is read without running its pickles (``iounet.training.pytracking_checkpoint``);
-the folder is written through the staging folder of ``iounet.export.onnx_export`` (complete or
-not at all) with the same exporter settings and checks.
+the folder is written as ``iounet.export.onnx_export`` writes a detection model (complete or not
+at all), its graphs by ``iounet.export.graph_export`` with the same exporter settings and checks.
 """
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from iounet.export.manifest import (
+from iounet.export.graph_export import GraphSpec, check_opset, export_graphs, export_versions
+from iounet.export.manifest_format import (
     DEFAULT_OPSET,
     FeatureMap,
     GraphEntry,
-    load_manifest,
+    PixelSpec,
     sha256_file,
 )
-from iounet.export.onnx_export import _export_one, _signature, _versions, check_opset
+from iounet.export.model_folder import check_model_output
 from iounet.export.tracking_graphs import (
     AtomStepGraph,
     IoUFeatGraph,
@@ -34,14 +34,11 @@ from iounet.export.tracking_graphs import (
     TrackIoUGradGraph,
 )
 from iounet.export.tracking_manifest import (
-    CropSpec,
     SourceCheckpoint,
     TrackingManifest,
-    is_tracking_model,
     load_tracking_manifest,
 )
 from iounet.export.tracking_refine import TrackingRefineParams
-from iounet.files import check_output
 from iounet.plugins.onnx_translation import DOMAIN, DOMAIN_VERSION
 from iounet.training.pytracking_checkpoint import pytracking_checkpoint, read_checkpoint
 from iounet.training.tracking_model import IMAGE_MEAN, IMAGE_STD, STRIDES, TrackingNet
@@ -69,7 +66,7 @@ def export_tracking_model(
     """
     check_opset(opset)
     out = Path(out)
-    output = check_output(out, force, _is_model_folder, "model folder", folder=True)
+    output = check_model_output(out, force)
     source = str(checkpoint)
     found = pytracking_checkpoint(
         read_checkpoint(checkpoint) if contents is None else contents, source
@@ -83,7 +80,7 @@ def export_tracking_model(
             pred_input_dim=model.config.pred_input_dim,
             pred_inter_dim=model.config.pred_inter_dim,
             maps=(FeatureMap("layer2", STRIDES[0]), FeatureMap("layer3", STRIDES[1])),
-            input=CropSpec(mean=IMAGE_MEAN, std=IMAGE_STD),
+            input=PixelSpec(mean=IMAGE_MEAN, std=IMAGE_STD),
             refinement=refinement or TrackingRefineParams(),
             checkpoint=SourceCheckpoint(
                 Path(checkpoint).name, sha256_file(checkpoint), found.constructor, found.epoch
@@ -91,20 +88,11 @@ def export_tracking_model(
             graphs=export_tracking_graphs(model, staging, opset),
             opset=opset,
             custom_opsets={DOMAIN: DOMAIN_VERSION},
-            versions=_versions(),
+            versions=export_versions(),
         )
         manifest.save(staging)
         load_tracking_manifest(staging)
     return load_tracking_manifest(out)
-
-
-def _is_model_folder(folder: Path) -> bool:
-    """Whether `folder` holds a manifest this package wrote (what ``--force`` may replace)."""
-    if is_tracking_model(folder):
-        load_tracking_manifest(folder, verify=False)
-    else:
-        load_manifest(folder, verify=False)
-    return True
 
 
 def export_tracking_graphs(model: TrackingNet, folder: Path, opset: int) -> dict[str, GraphEntry]:
@@ -137,44 +125,46 @@ def export_tracking_graphs(model: TrackingNet, folder: Path, opset: int) -> dict
         2: torch.export.Dim("H", min=32, max=4096),
         3: torch.export.Dim("W", min=32, max=4096),
     }
-    specs: dict[str, tuple[nn.Module, tuple, tuple, list[str], list[str]]] = {
-        "backbone": (
+    specs = {
+        "backbone": GraphSpec(
             TrackBackboneGraph(backbone),
             (image,),
             (image_dims,),
             ["image"],
             ["layer2", "layer3"],
         ),
-        "modulation": (
+        "modulation": GraphSpec(
             ModulationGraph(net),
             (*maps, box),
             (*map_dims, None),
             ["layer2", "layer3", "box"],
             ["modulation3", "modulation4"],
         ),
-        "iou_feat": (IoUFeatGraph(net), maps, map_dims, ["layer2", "layer3"], ["feat3", "feat4"]),
-        "predict_iou": (
+        "iou_feat": GraphSpec(
+            IoUFeatGraph(net), maps, map_dims, ["layer2", "layer3"], ["feat3", "feat4"]
+        ),
+        "predict_iou": GraphSpec(
             PredictIoUGraph(net),
             (*feats, proposals),
             (*feat_dims, boxes),
             [*feat_names, "proposals"],
             ["iou"],
         ),
-        "iou_grad": (
+        "iou_grad": GraphSpec(
             TrackIoUGradGraph(net),
             (*feats, proposals),
             (*feat_dims, boxes),
             [*feat_names, "proposals"],
             ["iou", "grad"],
         ),
-        "refine_step_atom": (
+        "refine_step_atom": GraphSpec(
             AtomStepGraph(net),
             (*feats, proposals, step),
             (*feat_dims, boxes, None),
             [*feat_names, "boxes", "step"],
             ["boxes_next", "iou"],
         ),
-        "refine_step_relative": (
+        "refine_step_relative": GraphSpec(
             RelativeStepGraph(net),
             (*feats, proposals, sz_norm, step),
             (*feat_dims, boxes, None, None),
@@ -182,9 +172,4 @@ def export_tracking_graphs(model: TrackingNet, folder: Path, opset: int) -> dict
             ["rel_next", "iou"],
         ),
     }
-    entries = {}
-    for role, (module, inputs, shapes, input_names, output_names) in specs.items():
-        path = folder / f"{role}.onnx"
-        _export_one(module.eval(), inputs, shapes, input_names, output_names, path, opset)
-        entries[role] = GraphEntry(path.name, sha256_file(path), *_signature(path))
-    return entries
+    return export_graphs(specs, folder, opset)

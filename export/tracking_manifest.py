@@ -3,27 +3,28 @@
 ``TrackingManifest`` is the typed contract between ``iounet export`` of a pytracking checkpoint
 and ``iounet.runtime.TrackerRefiner``: the architecture (backbone depth, channels), the maps
 (layer2 and layer3 with their strides), the crop convention, the refinement defaults, the source
-checkpoint and per role the graph file with its sha256, inputs and outputs. It is checked in the
-style of ``iounet.export.manifest`` (same reader, sha256 of every file) before anything runs.
+checkpoint and per role the graph file with its sha256, inputs and outputs. It is checked with
+the reader of ``iounet.export.manifest_format`` (sha256 of every file) before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from iounet.export.manifest import (
+from iounet.export.manifest_format import (
     MANIFEST_NAME,
+    CheckpointFile,
     FeatureMap,
     GraphEntry,
+    ManifestError,
     ManifestFile,
-    _custom_opsets,
-    _opset,
-    _Reader,
-    _tensors,
+    ManifestReader,
+    PixelSpec,
     read_manifest_json,
     verify_graph_files,
 )
@@ -45,26 +46,15 @@ TRACKING_ROLES = (
 #: The IoU features (outputs of ``iou_feat``, inputs of the proposal graphs) and the map each is
 #: computed from at the same size (stride-1 convolutions), so its stride.
 IOU_FEATURE_MAPS = {"feat3": "layer2", "feat4": "layer3"}
+#: The one precision a tracking model's graphs are exported in.
+PRECISION = "fp32"
 
 
 @dataclass(frozen=True)
-class CropSpec:
-    """What the backbone graph takes: an RGB crop in [0, 1], normalized inside the graph."""
+class SourceCheckpoint(CheckpointFile):
+    """The pytracking checkpoint the folder was exported from, with its network constructor
+    and epoch when it records them."""
 
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    layout: str = "NCHW"
-    dtype: str = "float32"
-    color: str = "RGB"
-    range: tuple[float, float] = (0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class SourceCheckpoint:
-    """The pytracking checkpoint the folder was exported from."""
-
-    file: str
-    sha256: str
     constructor: str | None = None
     epoch: int | None = None
 
@@ -82,7 +72,7 @@ class TrackingManifest(ManifestFile):
     pred_input_dim: tuple[int, int]
     pred_inter_dim: tuple[int, int]
     maps: tuple[FeatureMap, ...]
-    input: CropSpec
+    input: PixelSpec
     refinement: TrackingRefineParams
     checkpoint: SourceCheckpoint
     graphs: dict[str, GraphEntry]
@@ -90,8 +80,32 @@ class TrackingManifest(ManifestFile):
     custom_opsets: dict[str, int]
     versions: dict[str, str] = field(default_factory=dict)
 
+    def roles(self) -> tuple[str, ...]:
+        """The roles of the graphs the folder holds."""
+        return TRACKING_ROLES
+
+    def precisions(self) -> list[str]:
+        """The precisions the folder holds graphs in (fp32 only)."""
+        return [PRECISION]
+
+    def input_strides(self) -> dict[str, int]:
+        """The graph inputs whose height and width follow the crop's, with their strides (the
+        crop: 1)."""
+        strides = {"image": 1, **{level.name: level.stride for level in self.maps}}
+        strides.update({feat: strides[layer] for feat, layer in IOU_FEATURE_MAPS.items()})
+        return strides
+
+    def graph(self, role: str, precision: str = PRECISION) -> GraphEntry:
+        """The entry of one graph: file, sha256, inputs, outputs."""
+        if precision != PRECISION:
+            raise ManifestError(
+                f"{self.folder} has no {precision} graphs: tracking models are exported in "
+                f"{PRECISION} only"
+            )
+        return self.graphs[role]
+
     def graph_path(self, role: str) -> Path:
-        return self.folder / self.graphs[role].file
+        return self.folder / self.graph(role).file
 
 
 def is_tracking_model(folder: str | os.PathLike) -> bool:
@@ -112,7 +126,7 @@ def load_tracking_manifest(folder: str | os.PathLike, verify: bool = True) -> Tr
     return manifest
 
 
-def _pair(read: _Reader, data: Any, key: str) -> tuple[int, int]:
+def _pair(read: ManifestReader, data: Any, key: str) -> tuple[int, int]:
     values = read.get(data, key, list)
     if len(values) != 2 or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
@@ -122,41 +136,18 @@ def _pair(read: _Reader, data: Any, key: str) -> tuple[int, int]:
 
 
 def _parse(path: Path, data: Any) -> TrackingManifest:
-    read = _Reader(path)
-    if not isinstance(data, dict):
-        raise read.fail("the manifest must be a JSON object")
-    if data.get("format") != FORMAT:
-        raise read.fail(f"format must be {FORMAT!r}, got {data.get('format')!r}")
-    if data.get("format_version") != FORMAT_VERSION:
-        raise read.fail(
-            f"format_version {data.get('format_version')!r} is not supported "
-            f"(this iounet reads {FORMAT_VERSION}); export the model again"
-        )
+    read = ManifestReader(path)
+    data = read.header(data, FORMAT, (FORMAT_VERSION,))
     backbone = read.get(data, "backbone", str)
     if backbone not in VARIANTS:
         raise read.fail(f"backbone must be one of {sorted(VARIANTS)}, got {backbone!r}")
     input_dim = _pair(read, data, "input_dim")
     if input_dim != VARIANTS[backbone]:
         raise read.fail(f"input_dim {input_dim} does not fit {backbone} {VARIANTS[backbone]}")
-    maps = tuple(
-        FeatureMap(read.get(m, "name", str, "maps[]"), read.positive(m, "stride", "maps[]"))
-        for m in read.get(data, "maps", list)
-    )
+    maps = read.maps(data)
     if [m.name for m in maps] != ["layer2", "layer3"]:
         raise read.fail("maps must be layer2 and layer3")
-    spec = read.get(data, "input", dict)
-    crop = CropSpec(
-        mean=read.numbers(spec, "mean", "input", 3),
-        std=read.numbers(spec, "std", "input", 3),
-        layout=read.get(spec, "layout", str, "input"),
-        dtype=read.get(spec, "dtype", str, "input"),
-        color=read.get(spec, "color", str, "input"),
-        range=read.numbers(spec, "range", "input", 2),
-    )
-    if min(crop.std) <= 0:
-        raise read.fail(f"input.std must be positive, got {list(crop.std)}")
-    if not crop.range[0] < crop.range[1]:
-        raise read.fail(f"input.range must be [low, high] with low < high, got {crop.range}")
+    crop = read.pixels(read.get(data, "input", dict))
     settings = read.get(data, "refinement", dict)
     parametrization = read.get(settings, "parametrization", str, "refinement")
     if parametrization not in PARAMETRIZATIONS:
@@ -188,31 +179,18 @@ def _parse(path: Path, data: Any) -> TrackingManifest:
         input=crop,
         refinement=refinement,
         checkpoint=SourceCheckpoint(
-            read.get(source, "file", str, "checkpoint"),
-            read.get(source, "sha256", str, "checkpoint"),
-            constructor,
-            epoch,
+            **dataclasses.asdict(read.checkpoint_file(source)),
+            constructor=constructor,
+            epoch=epoch,
         ),
         graphs=_parse_graphs(read, read.get(data, "graphs", dict)),
-        opset=_opset(read, data),
-        custom_opsets=_custom_opsets(read, data),
-        versions={str(k): str(v) for k, v in read.get(data, "versions", dict).items()},
+        opset=read.opset(data),
+        custom_opsets=read.custom_opsets(data),
+        versions=read.versions(data),
     )
 
 
-def _parse_graphs(read: _Reader, graphs: dict[str, Any]) -> dict[str, GraphEntry]:
+def _parse_graphs(read: ManifestReader, graphs: dict[str, Any]) -> dict[str, GraphEntry]:
     if set(graphs) != set(TRACKING_ROLES):
         raise read.fail(f"graphs must hold exactly {list(TRACKING_ROLES)}")
-    parsed = {}
-    for role in TRACKING_ROLES:
-        entry, where = graphs[role], f"graphs.{role}"
-        file = read.get(entry, "file", str, where)
-        if Path(file).name != file:
-            raise read.fail(f"{where}.file must be a plain file name")
-        parsed[role] = GraphEntry(
-            file=file,
-            sha256=read.get(entry, "sha256", str, where),
-            inputs=_tensors(read, read.get(entry, "inputs", list, where), where),
-            outputs=_tensors(read, read.get(entry, "outputs", list, where), where),
-        )
-    return parsed
+    return {role: read.graph_entry(graphs[role], f"graphs.{role}") for role in TRACKING_ROLES}

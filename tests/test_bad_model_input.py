@@ -16,9 +16,9 @@ from PIL import Image
 from iounet.cli import main
 from iounet.export.engine import load_engine_metadata
 from iounet.export.manifest import FeatureMap, GraphEntry, ManifestError, load_manifest
+from iounet.export.manifest_format import PixelSpec
 from iounet.export.tracking_manifest import (
     TRACKING_ROLES,
-    CropSpec,
     SourceCheckpoint,
     TrackingManifest,
     load_tracking_manifest,
@@ -188,7 +188,7 @@ def _tracking_folder(tmp_path: Path) -> Path:
         pred_input_dim=(16, 24),
         pred_inter_dim=(8, 12),
         maps=(FeatureMap("layer2", 8), FeatureMap("layer3", 16)),
-        input=CropSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
+        input=PixelSpec(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)),
         refinement=TrackingRefineParams(),
         checkpoint=SourceCheckpoint("net.pth.tar", "0" * 64),
         graphs=dict.fromkeys(TRACKING_ROLES, entry),

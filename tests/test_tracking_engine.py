@@ -21,10 +21,9 @@ from iounet.export.engine import (
     engine_profiles,
     load_engine_metadata,
 )
-from iounet.export.manifest import FeatureMap, GraphEntry, TensorSpec, sha256_file
+from iounet.export.manifest_format import FeatureMap, GraphEntry, PixelSpec, TensorSpec, sha256_file
 from iounet.export.tracking_manifest import (
     TRACKING_ROLES,
-    CropSpec,
     SourceCheckpoint,
     TrackingManifest,
     load_tracking_manifest,
@@ -69,7 +68,7 @@ def fake_tracking_model(folder: Path) -> Path:
         pred_input_dim=(16, 24),
         pred_inter_dim=(8, 12),
         maps=(FeatureMap("layer2", 8), FeatureMap("layer3", 16)),
-        input=CropSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+        input=PixelSpec(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
         refinement=TrackingRefineParams(),
         checkpoint=SourceCheckpoint("ATOMnet.pth.tar", "0" * 64),
         graphs=graphs,
