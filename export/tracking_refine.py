@@ -100,30 +100,3 @@ def eager_step(objective: Objective, parametrization: str) -> Step:
     if parametrization == "atom":
         return lambda state, sz_norm, step: atom_step(state, objective, step)
     return lambda state, sz_norm, step: relative_step(state, sz_norm, objective, step)
-
-
-def refine_track_boxes(
-    boxes: Tensor,
-    step: Step,
-    predict: Callable[[Tensor], Tensor],
-    params: TrackingRefineParams,
-) -> tuple[Tensor, Tensor]:
-    """pytracking's refinement of proposals (K, 4) x, y, w, h with the step function `step`
-    (``eager_step``, or an exported step graph) of ``params.parametrization``.
-
-    The step length is (xy, xy, wh, wh) times decay**i at iteration i. Returns the boxes after
-    the last update and the IoUs of the last forward pass (the boxes before that update), as
-    pytracking does; with 0 iterations the boxes and ``predict(boxes)``. The relative
-    parametrization normalizes the centres by the first proposal's size.
-    """
-    if params.iterations == 0:
-        return boxes, predict(boxes)
-    xy, wh = params.step_length
-    sz_norm = boxes[0, 2:].clone()
-    atom = params.parametrization == "atom"
-    state = boxes if atom else rect_to_rel(boxes, sz_norm)
-    iou = boxes.new_zeros(len(boxes))
-    for index in range(params.iterations):
-        decay = params.step_decay**index
-        state, iou = step(state, sz_norm, step_vector((xy * decay, wh * decay), boxes))
-    return (state if atom else rel_to_rect(state, sz_norm)), iou

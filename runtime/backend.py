@@ -8,21 +8,25 @@ FPN maps stay in whatever form the backend keeps them (``Features``).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from iounet.export.refine_step import RefineParams
-from iounet.runtime.refinement import refine_boxes
+from iounet.runtime.refinement import (
+    IoUAndGrad,
+    Refined,
+    Step,
+    StepHook,
+    algorithm2_settings,
+    run_algorithm2,
+)
 
-__all__ = ["Backend", "Features", "RefineParams", "StepHook"]
+__all__ = ["Backend", "Features", "RefineParams", "Refined", "StepHook"]
 
 #: FPN maps p2..p5 of one image batch, in the backend's own form.
 Features = Any
-#: Called with the step index after the IoU and gradient at the start (0) and after each step.
-StepHook = Callable[[int], None]
 
 
 class Backend(abc.ABC):
@@ -35,6 +39,9 @@ class Backend(abc.ABC):
     max_boxes: int | None = None
     #: Whether the model holds the detector (``proposals`` and ``raw_detections`` run).
     has_detector: bool = False
+    #: Algorithm 2's settings where ``refine`` is given none: the model's manifest's (a backend
+    #: on a model without one: those export writes).
+    refinement: RefineParams = RefineParams()
 
     @abc.abstractmethod
     def features(self, image: Tensor) -> Features:
@@ -79,35 +86,61 @@ class Backend(abc.ABC):
         on_step: StepHook | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Algorithm 2 on boxes (K, 4) of image 0 (``image_size`` = (height, width)): the refined
-        boxes and their IoU, on ``self.device``.
+        boxes and their IoU, on ``self.device``; `params` default to ``self.refinement``.
 
         ``on_step(i)`` is called after the IoU and gradient at the start (i = 0) and after each
-        step i; a backend may stop early once no box is active (the result is the same). This
-        default calls ``refine_boxes`` with ``iou_and_grad`` as the objective; backends with the
-        fused step graph override it.
+        step i; with ``synchronous_steps`` the steps end once no box is active (the result is
+        the same). This default steps with ``iou_and_grad``; a backend with a fused step
+        overrides it to run that (see ``refined``).
         """
-        params = params or RefineParams()
+        refined = self.refined(features, boxes, labels, image_size, params, on_step, fused=False)
+        return refined.boxes, refined.iou
+
+    def refined(
+        self,
+        features: Features,
+        boxes: Tensor,
+        labels: Tensor,
+        image_size: tuple[int, int],
+        params: RefineParams | None = None,
+        on_step: StepHook | None = None,
+        fused: bool = True,
+    ) -> Refined:
+        """``refine``'s boxes and IoU with the number of steps each box took: with `fused`, on
+        the backend's fused step where it has one (``fused_step``), else stepping with
+        ``iou_and_grad``."""
+        params = params or self.refinement
+        boxes = boxes.to(self.device, torch.float32)
+        settings = algorithm2_settings(params, image_size, boxes)
+        if len(boxes) == 0:
+            empty = torch.zeros(0, device=self.device)
+            return Refined(boxes.clone(), empty, empty.long())
         labels = labels.to(self.device)
-        calls = 0
-
-        def objective(current: Tensor) -> tuple[Tensor, Tensor]:
-            nonlocal calls
-            rois = torch.cat([current.new_zeros((len(current), 1)), current], dim=1)
-            result = self.iou_and_grad(features, rois, labels)
-            if on_step is not None:
-                on_step(calls)
-            calls += 1
-            return result
-
-        return refine_boxes(
-            boxes.to(self.device, torch.float32),
-            objective,
-            step=params.step,
-            iterations=params.iterations,
-            early_stop=params.early_stop,
-            degrade_tolerance=params.degrade_tolerance,
-            image_size=image_size,
+        step = self.fused_step(features, labels) if fused else None
+        objective = self.box_objective(features, labels)
+        return run_algorithm2(
+            boxes, objective, settings, params.iterations, step, on_step, self.synchronous_steps
         )
+
+    @property
+    def synchronous_steps(self) -> bool:
+        """Whether a refinement step has finished when it returns (on the CPU), so that
+        ``refine`` can end once no box is active without waiting for the device."""
+        return self.device.type == "cpu"
+
+    def box_objective(self, features: Features, labels: Tensor) -> IoUAndGrad:
+        """``iou_and_grad`` of boxes (K, 4) of image 0 with class `labels` (K,)."""
+
+        def objective(boxes: Tensor) -> tuple[Tensor, Tensor]:
+            rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
+            return self.iou_and_grad(features, rois, labels)
+
+        return objective
+
+    def fused_step(self, features: Features, labels: Tensor) -> Step | None:
+        """The backend's own step of Algorithm 2 for boxes with class `labels`, one graph or
+        engine call computing ``refine_step``; None where it has none."""
+        return None
 
     def synchronize(self) -> None:  # noqa: B027 - nothing to wait for on the CPU
         """Wait for the work queued on the device (for timing)."""

@@ -8,7 +8,6 @@ inputs and outputs through host memory.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch import Tensor
 
 from iounet.export.manifest import ROLE_OUTPUTS, Manifest, load_manifest
 from iounet.runtime.backend import Backend, Features, RefineParams
+from iounet.runtime.refinement import RefineState, Step, StepHook, StepSettings
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -42,6 +42,7 @@ class OnnxRuntimeBackend(Backend):
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
         self.manifest = manifest
+        self.refinement = manifest.refinement
         self.name = "ort" if device == "cpu" else "ort-cuda"
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
@@ -56,7 +57,9 @@ class OnnxRuntimeBackend(Backend):
         )
         self.sessions = {
             role: onnxruntime_session(
-                manifest.graph_path(role), sess_options=_options(threads), providers=providers
+                manifest.graph_path(role),
+                sess_options=session_options(threads),
+                providers=providers,
             )
             for role in manifest.roles()
         }
@@ -123,38 +126,33 @@ class OnnxRuntimeBackend(Backend):
         labels: Tensor,
         image_size: tuple[int, int],
         params: RefineParams | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: StepHook | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2 with the fused step graph: the loop only feeds each step's outputs back.
+        """Algorithm 2 with the fused step graph (see ``Backend.refine``)."""
+        refined = self.refined(features, boxes, labels, image_size, params, on_step)
+        return refined.boxes, refined.iou
 
-        Stops early once no box is active (the result is the same as all iterations).
-        """
-        params = params or self.manifest.refinement
-        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
-        feeds = self._box_feeds(features, rois.float(), labels)
-        if feeds is None:
-            return boxes.to(self.device, torch.float32), torch.zeros(0, device=self.device)
-        iou, grad = self._run("iou_grad", feeds, len(rois))
-        if on_step is not None:
-            on_step(0)
-        height, width = (float(v) for v in image_size)
-        feeds.update(
-            iou=iou,
-            grad=grad,
-            active=np.ones(len(iou), dtype=bool),
-            upper=np.array([width, height, width, height], dtype=np.float32),
-            step=np.array([params.step], dtype=np.float32),
-            early_stop=np.array([params.early_stop], dtype=np.float32),
-            degrade_tolerance=np.array([params.degrade_tolerance], dtype=np.float32),
-        )
-        for index in range(params.iterations):
-            if not feeds["active"].any():
-                break
-            out = self._run("refine_step", feeds, len(rois))
-            feeds.update(rois=out[0], iou=out[1], grad=out[2], active=out[3])
-            if on_step is not None:
-                on_step(index + 1)
-        return self._tensor(feeds["rois"][:, 1:]), self._tensor(feeds["iou"])
+    @property
+    def synchronous_steps(self) -> bool:
+        """Always: a session run returns its outputs in host memory."""
+        return True
+
+    def fused_step(self, features: Features, labels: Tensor) -> Step:
+        """One run of the refine_step graph per step."""
+        feeds = {name: features[name] for name in self.manifest.map_names}
+        feeds["labels"] = labels.detach().cpu().numpy().astype(np.int64)
+
+        def step(state: RefineState, settings: StepSettings) -> RefineState:
+            count = len(state.boxes)
+            rois = torch.cat([state.boxes.new_zeros((count, 1)), state.boxes], dim=1)
+            given = {"rois": rois, "iou": state.iou, "grad": state.grad, **settings.feeds()}
+            feeds.update({name: _array(value) for name, value in given.items()})
+            feeds["active"] = state.active.cpu().numpy()
+            moved, iou, grad, active = self._run("refine_step", feeds, count)
+            arrays = (moved[:, 1:], iou, grad, active)
+            return RefineState(*(self._tensor(array) for array in arrays))
+
+        return step
 
     def _box_feeds(
         self, features: Features, rois: Tensor, labels: Tensor
@@ -231,7 +229,7 @@ def _array(tensor: Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
 
-def _options(threads: int | None) -> onnxruntime.SessionOptions:
+def session_options(threads: int | None) -> onnxruntime.SessionOptions:
     """Fresh session options (each session registers the custom-op library on its own).
 
     ONNX Runtime's idle workers spin by default; they would take the cores from the native

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from iounet.export.manifest import Manifest, load_manifest
+from iounet.export.manifest_format import check_exported_from
 from iounet.runtime.backend import Backend, Features, RefineParams
 from iounet.runtime.budget import (
     DEFAULT_MEMORY_BUDGET,
@@ -23,7 +24,7 @@ from iounet.runtime.budget import (
     bytes_per_box,
     chunks,
 )
-from iounet.runtime.names import BACKENDS, CHECKPOINT_BACKENDS
+from iounet.runtime.names import CHECKPOINT_BACKENDS, check_backend
 from iounet.runtime.suppression import iou_nms, nms
 from iounet.training.images import pad_images, resize_image, resize_pixels, source_region
 
@@ -306,7 +307,8 @@ class Pipeline:
 def open_backend(manifest: Manifest, name: str, **options: object) -> Backend:
     """The backend `name` on an exported model (the ``CHECKPOINT_BACKENDS`` need
     ``checkpoint=``, which the others refuse)."""
-    if name in BACKENDS and name not in CHECKPOINT_BACKENDS and "checkpoint" in options:
+    check_backend(name)
+    if name not in CHECKPOINT_BACKENDS and "checkpoint" in options:
         raise ValueError(
             f"the {name} backend runs the exported graphs and takes no checkpoint (only "
             f"{', '.join(CHECKPOINT_BACKENDS)} do)"
@@ -319,30 +321,19 @@ def open_backend(manifest: Manifest, name: str, **options: object) -> Backend:
         from iounet.runtime.trt_backend import TensorRTBackend
 
         return TensorRTBackend(manifest.folder, **options)
-    if name in CHECKPOINT_BACKENDS:
-        checkpoint = options.pop("checkpoint", None)
-        if checkpoint is None:
-            raise ValueError(f"the {name} backend needs the checkpoint the model was exported from")
-        check_exported_from(manifest, checkpoint)
-        if name == "torch-cuda":
-            from iounet.runtime.torch_cuda_backend import TorchCudaBackend
+    checkpoint = options.pop("checkpoint", None)
+    if checkpoint is None:
+        raise ValueError(f"the {name} backend needs the checkpoint the model was exported from")
+    check_exported_from(manifest, checkpoint)
+    options.setdefault("refinement", manifest.refinement)
+    if name == "torch-cuda":
+        from iounet.runtime.torch_cuda_backend import TorchCudaBackend
 
-            return TorchCudaBackend.from_checkpoint(checkpoint, **options)
-        from iounet.runtime.torch_backend import TorchBackend
+        return TorchCudaBackend.from_checkpoint(checkpoint, **options)
+    from iounet.runtime.torch_backend import TorchBackend
 
-        pool = "native" if name == "torch-native" else "pytorch"
-        return TorchBackend.from_checkpoint(checkpoint, pool=pool, **options)
-    raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-
-
-def check_exported_from(manifest: Manifest, checkpoint: str | os.PathLike) -> None:
-    """ValueError unless `checkpoint` is the file the model folder was exported from."""
-    from iounet.export.manifest import sha256_file
-
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if sha256_file(checkpoint) != manifest.checkpoint.sha256:
-        raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
+    pool = "native" if name == "torch-native" else "pytorch"
+    return TorchBackend.from_checkpoint(checkpoint, pool=pool, **options)
 
 
 def _axis_scales(

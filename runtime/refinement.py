@@ -1,20 +1,182 @@
-"""Optimization-based box refinement (IoU-Net, Algorithm 2): gradient ascent on predicted IoU."""
+"""Box refinement by gradient ascent on predicted IoU: the one loop every backend runs.
+
+``run_refinement`` is the loop: the iterations, each iteration's step length, which boxes are
+still active and the steps each box took. The caller supplies the step: IoU-Net's Algorithm 2
+on an objective (``algorithm2_step``) or a backend's fused step (a graph or engine computing the
+same ``refine_step``), or a step of pytracking's refinement (``iounet.runtime.tracker_refiner``).
+``run_algorithm2`` starts Algorithm 2 on a step; ``refine_boxes`` is Algorithm 2 on an objective.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from iounet.export.refine_step import refine_step
+from iounet.export.refine_step import RefineParams, refine_step
 
-__all__ = ["IoUAndGrad", "refine_boxes"]
+__all__ = [
+    "IoUAndGrad",
+    "RefineState",
+    "Refined",
+    "Step",
+    "StepHook",
+    "StepSettings",
+    "algorithm2_settings",
+    "algorithm2_step",
+    "refine_boxes",
+    "run_algorithm2",
+    "run_refinement",
+]
 
 # boxes (N, 4) -> (predicted IoU (N,), its gradient w.r.t. x0, y0, x1, y1 (N, 4)).
 IoUAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
+#: Called with the step index after the IoU and gradient at the start (0) and after each step.
+StepHook = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What a step reads besides the boxes, as tensors on the boxes' device, named as the inputs
+    of the exported step graphs: the step length (Algorithm 2's lambda (1,), or one per
+    coordinate (4,)), Algorithm 2's stop thresholds Omega1 and Omega2 (1,) each, and the clip
+    bound ``upper`` (4,) = (width, height, width, height); None where a step has none."""
+
+    step: Tensor
+    early_stop: Tensor | None = None
+    degrade_tolerance: Tensor | None = None
+    upper: Tensor | None = None
+
+    def feeds(self) -> dict[str, Tensor]:
+        """The settings that are set, by input name."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+@dataclass(frozen=True)
+class RefineState:
+    """The boxes between two steps: (K, 4) in the step's parametrization, their IoU (K,), its
+    gradient (K, 4) where the step reads it, and which boxes still move (K,) bool."""
+
+    boxes: Tensor
+    iou: Tensor
+    grad: Tensor | None
+    active: Tensor
+
+
+#: One iteration: the state and this iteration's settings -> the state after it.
+Step = Callable[[RefineState, StepSettings], RefineState]
+
+
+@dataclass(frozen=True)
+class Refined:
+    """The refined boxes (K, 4), their IoU (K,) and the number of steps each box took (K,)."""
+
+    boxes: Tensor
+    iou: Tensor
+    steps: Tensor
+
+
+def run_refinement(
+    start: RefineState,
+    step: Step,
+    settings: StepSettings,
+    iterations: int,
+    decay: float = 1.0,
+    on_step: StepHook | None = None,
+    settle: bool = False,
+) -> Refined:
+    """`iterations` steps from `start`; iteration i (from 0) reads `settings` with the step
+    length times ``decay ** i``.
+
+    A box takes the step of each iteration it starts active. ``on_step(i)`` is called after step
+    i (from 1). With `settle` the loop ends once no box is active (the later steps would move
+    none); reading the mask waits for the device, so steps queued on a GPU leave it off.
+    """
+    state = start
+    steps = torch.zeros(start.active.shape, dtype=torch.int64, device=start.active.device)
+    for index in range(iterations):
+        if settle and not bool(state.active.any()):
+            break
+        steps += state.active
+        scale = decay**index
+        current = (
+            settings if scale == 1 else dataclasses.replace(settings, step=settings.step * scale)
+        )
+        state = step(state, current)
+        if on_step is not None:
+            on_step(index + 1)
+    return Refined(state.boxes, state.iou, steps)
+
+
+def algorithm2_settings(
+    params: RefineParams, image_size: Sequence[float] | None, like: Tensor
+) -> StepSettings:
+    """Algorithm 2's settings in the dtype and on the device of `like`, clipping to the image
+    ``image_size = (height, width)`` when given. TypeError or ValueError for a setting out of
+    range: step > 0, iterations an int >= 0, early_stop >= 0, degrade_tolerance <= 0, a
+    positive image size."""
+    step = _check_real("step", params.step, low=0.0, low_inclusive=False)
+    iterations = params.iterations
+    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
+        raise TypeError(f"iterations must be an int, got {iterations!r}")
+    if iterations < 0:
+        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    early_stop = _check_real("early_stop", params.early_stop, low=0.0)
+    degrade_tolerance = _check_real("degrade_tolerance", params.degrade_tolerance, high=0.0)
+    upper = _image_upper(image_size, like)
+
+    def value(number: float) -> Tensor:
+        return torch.tensor([number], dtype=like.dtype, device=like.device)
+
+    return StepSettings(value(step), value(early_stop), value(degrade_tolerance), upper)
+
+
+def algorithm2_step(objective: IoUAndGrad) -> Step:
+    """Algorithm 2's step (``refine_step``) with `objective` at the moved boxes."""
+
+    def step(state: RefineState, settings: StepSettings) -> RefineState:
+        return RefineState(
+            *refine_step(
+                state.boxes,
+                state.iou,
+                state.grad,
+                state.active,
+                objective,
+                settings.step,
+                settings.early_stop,
+                settings.degrade_tolerance,
+                settings.upper,
+            )
+        )
+
+    return step
+
+
+def run_algorithm2(
+    boxes: Tensor,
+    objective: IoUAndGrad,
+    settings: StepSettings,
+    iterations: int,
+    step: Step | None = None,
+    on_step: StepHook | None = None,
+    settle: bool = False,
+) -> Refined:
+    """Algorithm 2 on boxes (K, 4) ``x0, y0, x1, y1``: `objective` at the boxes, ``on_step(0)``,
+    then ``run_refinement`` with `step` (by default ``algorithm2_step(objective)``; a backend's
+    fused step computes the same) and every box active at the start."""
+    iou, grad = objective(boxes)
+    if on_step is not None:
+        on_step(0)
+    active = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    start = RefineState(boxes, iou, grad, active)
+    advance = step or algorithm2_step(objective)
+    return run_refinement(start, advance, settings, iterations, on_step=on_step, settle=settle)
 
 
 def refine_boxes(
@@ -42,31 +204,14 @@ def refine_boxes(
     _check_boxes(boxes)
     if not callable(iou_and_grad):
         raise TypeError(f"iou_and_grad must be callable, got {type(iou_and_grad).__name__}")
-    step = _check_real("step", step, low=0.0, low_inclusive=False)
-    if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
-        raise TypeError(f"iterations must be an int, got {iterations!r}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
-    early_stop = _check_real("early_stop", early_stop, low=0.0)
-    degrade_tolerance = _check_real("degrade_tolerance", degrade_tolerance, high=0.0)
-    upper = _image_upper(image_size, boxes)
+    params = RefineParams(step, iterations, early_stop, degrade_tolerance)
+    settings = algorithm2_settings(params, image_size, boxes)
 
-    boxes = boxes.detach().clone()
-    iou, grad = _evaluate(iou_and_grad, boxes)
-    active = torch.ones(boxes.shape[0], dtype=torch.bool, device=boxes.device)
-    for _ in range(iterations):
-        boxes, iou, grad, active = refine_step(
-            boxes,
-            iou,
-            grad,
-            active,
-            lambda current: _evaluate(iou_and_grad, current),
-            step,
-            early_stop,
-            degrade_tolerance,
-            upper,
-        )
-    return boxes, iou
+    def objective(current: Tensor) -> tuple[Tensor, Tensor]:
+        return _evaluate(iou_and_grad, current)
+
+    refined = run_algorithm2(boxes.detach().clone(), objective, settings, iterations)
+    return refined.boxes, refined.iou
 
 
 def _evaluate(iou_and_grad: IoUAndGrad, boxes: Tensor) -> tuple[Tensor, Tensor]:

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
+from iounet.export.refine_step import RefineParams
 from iounet.plugins import native, reference_kernels
 from iounet.runtime.backend import Backend, Features
 from iounet.training.joint_model import JointIoUNet
@@ -51,7 +52,8 @@ class DetectorStages(Backend):
 class TorchBackend(DetectorStages):
     """An ``IoUNet`` or a ``JointIoUNet`` (which runs the detector too) in eval mode.
     ``pool`` picks the kernels of the PrRoIPool ops: the plain PyTorch ones ("pytorch") or the
-    native CPU kernels ("native", CPU only)."""
+    native CPU kernels ("native", CPU only); `refinement`: Algorithm 2's settings where
+    ``refine`` is given none (the model folder's manifest's)."""
 
     name = "torch"
 
@@ -60,6 +62,7 @@ class TorchBackend(DetectorStages):
         model: IoUNet | JointIoUNet,
         device: str | torch.device = "cpu",
         pool: str = "pytorch",
+        refinement: RefineParams | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
@@ -68,6 +71,7 @@ class TorchBackend(DetectorStages):
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.has_detector = isinstance(model, JointIoUNet)
+        self.refinement = refinement or self.refinement
         self.reference = pool == "pytorch"
         if not self.reference:
             if self.device.type != "cpu":
@@ -77,12 +81,16 @@ class TorchBackend(DetectorStages):
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str | torch.device = "cpu", pool: str = "pytorch"
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        pool: str = "pytorch",
+        refinement: RefineParams | None = None,
     ) -> TorchBackend:
         from iounet.training.checkpoint import load_model
 
         model, _ = load_model(path, device)
-        return cls(model, device, pool)
+        return cls(model, device, pool, refinement)
 
     @contextlib.contextmanager
     def _kernels(self) -> Iterator[None]:

@@ -16,9 +16,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from iounet.export.refine_step import RefineParams, refine_step
+from iounet.export.refine_step import RefineParams
 from iounet.plugins import cuda
-from iounet.runtime.backend import Features, StepHook
+from iounet.runtime.backend import Features
+from iounet.runtime.refinement import (
+    Refined,
+    StepHook,
+    StepSettings,
+    algorithm2_settings,
+    run_algorithm2,
+)
 from iounet.runtime.torch_backend import DetectorStages
 from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
@@ -35,14 +42,14 @@ class _Captured:
     maps: tuple[Tensor, ...]
     boxes: Tensor
     labels: Tensor
-    settings: Tensor  # (width, height, width, height, step, early_stop, degrade_tolerance)
-    out_boxes: Tensor
-    out_iou: Tensor
+    settings: StepSettings
+    refined: Refined
 
 
 class TorchCudaBackend(DetectorStages):
     """An ``IoUNet`` (or a ``JointIoUNet``, detector included) in eval mode on a CUDA device,
-    PrRoIPool on the CUDA library."""
+    PrRoIPool on the CUDA library; `refinement`: Algorithm 2's settings where ``refine`` is given
+    none (the model folder's manifest's)."""
 
     name = "torch-cuda"
 
@@ -51,6 +58,7 @@ class TorchCudaBackend(DetectorStages):
         model: IoUNet | JointIoUNet,
         device: str | torch.device = "cuda",
         graphs: bool = True,
+        refinement: RefineParams | None = None,
     ) -> None:
         self.device = torch.device(device)
         if self.device.type != "cuda" or not torch.cuda.is_available():
@@ -68,16 +76,21 @@ class TorchCudaBackend(DetectorStages):
         self.model = model.to(self.device).eval()
         self.has_detector = isinstance(model, JointIoUNet)
         self.graphs = graphs
+        self.refinement = refinement or self.refinement
         self._captured: collections.OrderedDict[tuple, _Captured] = collections.OrderedDict()
 
     @classmethod
     def from_checkpoint(
-        cls, path: str | os.PathLike, device: str | torch.device = "cuda", graphs: bool = True
+        cls,
+        path: str | os.PathLike,
+        device: str | torch.device = "cuda",
+        graphs: bool = True,
+        refinement: RefineParams | None = None,
     ) -> TorchCudaBackend:
         from iounet.training.checkpoint import load_model
 
         model, _ = load_model(path, "cpu")
-        return cls(model, device, graphs)
+        return cls(model, device, graphs, refinement)
 
     @torch.no_grad()
     def features(self, image: Tensor) -> Features:
@@ -95,7 +108,6 @@ class TorchCudaBackend(DetectorStages):
             features, rois.to(self.device), labels.to(self.device)
         )
 
-    @torch.no_grad()
     def refine(
         self,
         features: Features,
@@ -105,71 +117,43 @@ class TorchCudaBackend(DetectorStages):
         params: RefineParams | None = None,
         on_step: StepHook | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2. With ``on_step`` (per-step timing) the steps run one by one; without it
-        the whole refinement is one CUDA graph replay."""
-        params = params or RefineParams()
+        """Algorithm 2 as one CUDA graph replay (see ``refined``)."""
+        refined = self.refined(features, boxes, labels, image_size, params, on_step)
+        return refined.boxes, refined.iou
+
+    @torch.no_grad()
+    def refined(
+        self,
+        features: Features,
+        boxes: Tensor,
+        labels: Tensor,
+        image_size: tuple[int, int],
+        params: RefineParams | None = None,
+        on_step: StepHook | None = None,
+        fused: bool = True,
+    ) -> Refined:
+        """``Backend.refined``; with `fused`, and without ``on_step`` (per-step timing), the
+        whole refinement is one CUDA graph replay, else the steps run one by one."""
+        if on_step is not None or not (fused and self.graphs) or len(boxes) == 0:
+            return super().refined(features, boxes, labels, image_size, params, on_step, fused)
+        params = params or self.refinement
         boxes = boxes.to(self.device, torch.float32)
         labels = labels.to(self.device, torch.int64)
-        if len(boxes) == 0:
-            return boxes.clone(), torch.zeros(0, device=self.device)
-        height, width = image_size
-        settings = torch.tensor(
-            [
-                width,
-                height,
-                width,
-                height,
-                params.step,
-                params.early_stop,
-                params.degrade_tolerance,
-            ],
-            dtype=torch.float32,
-        ).to(self.device, non_blocking=True)
-        if on_step is not None or not self.graphs:
-            return self._refine(
-                tuple(features), boxes, labels, settings, params.iterations, on_step
-            )
+        settings = algorithm2_settings(params, image_size, boxes)
         captured = self._capture(tuple(features), boxes, labels, params.iterations)
         for static, value in zip(captured.maps, features, strict=True):
             static.copy_(value)
         captured.boxes.copy_(boxes)
         captured.labels.copy_(labels)
-        captured.settings.copy_(settings)
+        static_settings = captured.settings.feeds()
+        for name, value in settings.feeds().items():
+            static_settings[name].copy_(value)
         captured.graph.replay()
-        return captured.out_boxes.clone(), captured.out_iou.clone()
+        out = captured.refined
+        return Refined(out.boxes.clone(), out.iou.clone(), out.steps.clone())
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
-
-    def _refine(
-        self,
-        maps: tuple[Tensor, ...],
-        boxes: Tensor,
-        labels: Tensor,
-        settings: Tensor,
-        iterations: int,
-        on_step: StepHook | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """The refinement as plain tensor code (what the CUDA graph captures)."""
-        batch = torch.zeros_like(boxes[:, :1])
-
-        def objective(current: Tensor) -> tuple[Tensor, Tensor]:
-            return self.model.head.iou_and_box_gradient(
-                maps, torch.cat([batch, current], dim=1), labels
-            )
-
-        iou, grad = objective(boxes)
-        if on_step is not None:
-            on_step(0)
-        active = torch.ones_like(iou, dtype=torch.bool)
-        upper, step, early_stop, degrade = settings[:4], settings[4], settings[5], settings[6]
-        for index in range(iterations):
-            boxes, iou, grad, active = refine_step(
-                boxes, iou, grad, active, objective, step, early_stop, degrade, upper
-            )
-            if on_step is not None:
-                on_step(index + 1)
-        return boxes, iou
 
     def _capture(
         self, maps: tuple[Tensor, ...], boxes: Tensor, labels: Tensor, iterations: int
@@ -180,19 +164,25 @@ class TorchCudaBackend(DetectorStages):
             return self._captured[key]
         static_maps = tuple(m.clone() for m in maps)
         static_boxes, static_labels = boxes.clone(), labels.clone()
-        settings = torch.zeros(7, device=self.device)
-        args = (static_maps, static_boxes, static_labels, settings, iterations)
+
+        def zeros(size: int) -> Tensor:
+            return torch.zeros(size, device=self.device)
+
+        settings = StepSettings(zeros(1), zeros(1), zeros(1), upper=zeros(4))
+        objective = self.box_objective(static_maps, static_labels)
+
+        def run() -> Refined:
+            return run_algorithm2(static_boxes, objective, settings, iterations)
+
         side = torch.cuda.Stream(self.device)  # warm up off the default stream, as capture needs
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
-            self._refine(*args)
+            run()
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            out_boxes, out_iou = self._refine(*args)
-        captured = _Captured(
-            graph, static_maps, static_boxes, static_labels, settings, out_boxes, out_iou
-        )
+            refined = run()
+        captured = _Captured(graph, static_maps, static_boxes, static_labels, settings, refined)
         self._captured[key] = captured
         if len(self._captured) > GRAPH_CACHE:
             self._captured.popitem(last=False)

@@ -15,7 +15,7 @@ forward pass. IoUs are the network's raw output, as in pytracking.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,15 @@ import torch
 from torch import Tensor
 
 from iounet.export.tracking_manifest import TrackingManifest, load_tracking_manifest
-from iounet.export.tracking_refine import TrackingRefineParams, refine_track_boxes, step_pair
+from iounet.export.tracking_refine import (
+    Step,
+    TrackingRefineParams,
+    rect_to_rel,
+    rel_to_rect,
+    step_pair,
+    step_vector,
+)
+from iounet.runtime.refinement import RefineState, StepSettings, run_refinement
 from iounet.runtime.tracking_engines import TrackingEngine, open_engine
 
 Pair = tuple[Tensor, Tensor]
@@ -144,7 +152,7 @@ class TrackerRefiner:
         def predict(current: Tensor) -> Tensor:
             return self.engine.predict_iou(modulation, feats, current)
 
-        return refine_track_boxes(boxes.to(self.engine.device), step, predict, params)
+        return _refine(boxes.to(self.engine.device), step, predict, params)
 
     def _target(self) -> Any:
         if self._modulation is None:
@@ -169,6 +177,34 @@ class TrackerRefiner:
                 shape = tuple(tensor.shape) if isinstance(tensor, Tensor) else type(tensor)
                 raise ValueError(f"{name} must have shape (1, {channels}, H, W), got {shape}")
         return features[0], features[1]
+
+
+def _refine(
+    boxes: Tensor, step: Step, predict: Callable[[Tensor], Tensor], params: TrackingRefineParams
+) -> Pair:
+    """pytracking's refinement of boxes (K, 4) x, y, w, h with the engine's `step` of
+    ``params.parametrization``, on ``run_refinement``: no box stops early and nothing is clipped.
+
+    The step length is (xy, xy, wh, wh) times decay**i at iteration i. Returns the boxes after
+    the last update and the IoUs of the last forward pass (the boxes before that update), as
+    pytracking does; with 0 iterations the boxes and ``predict(boxes)``. The relative
+    parametrization normalizes the centres by the first box's size.
+    """
+    if params.iterations == 0:
+        return boxes, predict(boxes)
+    sz_norm = boxes[0, 2:].clone()
+    atom = params.parametrization == "atom"
+
+    def advance(state: RefineState, settings: StepSettings) -> RefineState:
+        moved, iou = step(state.boxes, sz_norm, settings.step)
+        return RefineState(moved, iou, None, state.active)
+
+    active = torch.ones(len(boxes), dtype=torch.bool, device=boxes.device)
+    state = boxes if atom else rect_to_rel(boxes, sz_norm)
+    start = RefineState(state, boxes.new_zeros(len(boxes)), None, active)
+    settings = StepSettings(step_vector(params.step_length, boxes))
+    refined = run_refinement(start, advance, settings, params.iterations, params.step_decay)
+    return (refined.boxes if atom else rel_to_rect(refined.boxes, sz_norm)), refined.iou
 
 
 def _proposals(proposals: Tensor) -> Tensor:

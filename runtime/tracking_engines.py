@@ -20,15 +20,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from iounet.export.manifest_format import check_exported_from
 from iounet.export.tracking_manifest import TRACKING_ROLES, TrackingManifest
 from iounet.export.tracking_refine import Step, eager_step
 from iounet.plugins.trt_loader import import_tensorrt
+from iounet.runtime.names import TRACKING_BACKENDS, check_backend
 from iounet.runtime.trt_backend import open_engines
 from iounet.training.tracking_model import TrackingNet
 
 Pair = tuple[Tensor, Tensor]
-#: Engine names: ONNX Runtime, TensorRT, PyTorch (plain / native CPU / CUDA PrRoIPool kernels).
-ENGINES = ("ort", "trt", "torch", "torch-native", "torch-cuda")
 
 
 class TrackingEngine(abc.ABC):
@@ -59,7 +59,8 @@ class TrackingEngine(abc.ABC):
 
     @abc.abstractmethod
     def step(self, modulation: Any, features: Any, parametrization: str) -> Step:
-        """One refinement step of `parametrization` (see ``refine_track_boxes``)."""
+        """One refinement step of `parametrization`: (state, sz_norm, step) -> (the state after
+        the step, the IoU at the state) (see ``iounet.export.tracking_refine``)."""
 
 
 class TorchTrackingEngine(TrackingEngine):
@@ -139,11 +140,13 @@ class OrtTrackingEngine(TrackingEngine):
 
     def __init__(self, manifest: TrackingManifest, threads: int | None = None) -> None:
         from iounet.plugins import onnxruntime_session
-        from iounet.runtime.ort_backend import _options
+        from iounet.runtime.ort_backend import session_options
 
         self.manifest = manifest
         self.sessions = {
-            role: onnxruntime_session(manifest.graph_path(role), sess_options=_options(threads))
+            role: onnxruntime_session(
+                manifest.graph_path(role), sess_options=session_options(threads)
+            )
             for role in TRACKING_ROLES
         }
 
@@ -255,23 +258,18 @@ def open_engine(
     checkpoint: str | os.PathLike | None = None,
     threads: int | None = None,
 ) -> TrackingEngine:
-    """The engine `name` on an exported tracking model (PyTorch engines need its checkpoint;
-    "trt" the engines ``iounet build-engine`` built in the folder)."""
-    if name not in ENGINES:
-        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(ENGINES)}")
+    """The engine `name` (one of ``TRACKING_BACKENDS``) on an exported tracking model (PyTorch
+    engines need its checkpoint; "trt" the engines ``iounet build-engine`` built in the folder)."""
+    check_backend(name, TRACKING_BACKENDS)
     if name == "ort":
         return OrtTrackingEngine(manifest, threads)
     if name == "trt":
         return TensorRTTrackingEngine(manifest)
     if checkpoint is None:
         raise ValueError(f"the {name} backend needs the pytracking checkpoint (checkpoint=...)")
-    from iounet.export.manifest import sha256_file
     from iounet.training.pytracking_checkpoint import load_pytracking_checkpoint
 
-    if not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
-    if sha256_file(checkpoint) != manifest.checkpoint.sha256:
-        raise ValueError(f"{manifest.folder} was not exported from {checkpoint} (sha256 differs)")
+    check_exported_from(manifest, checkpoint)
     found = load_pytracking_checkpoint(checkpoint)
     model = TrackingNet.from_state_dict(found.state, str(checkpoint)).float()
     pool = {"torch": "pytorch", "torch-native": "native", "torch-cuda": "cuda"}[name]

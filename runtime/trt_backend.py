@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,6 +25,7 @@ from iounet.export.engine import (
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
 from iounet.runtime.backend import Backend, Features, RefineParams
+from iounet.runtime.refinement import RefineState, Step, StepHook, StepSettings
 
 if TYPE_CHECKING:
     from iounet.export.tracking_manifest import TrackingManifest
@@ -218,6 +218,7 @@ class TensorRTBackend(Backend):
         metadata, self._engines = open_engines(manifest, precision, roles)
         self.device = _current_device()
         self.manifest = manifest
+        self.refinement = manifest.refinement
         self.metadata = metadata
         self.precision = precision
         self.has_detector = manifest.has_detector
@@ -286,39 +287,33 @@ class TensorRTBackend(Backend):
         labels: Tensor,
         image_size: tuple[int, int],
         params: RefineParams | None = None,
-        on_step: Callable[[int], None] | None = None,
+        on_step: StepHook | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2 with the fused step engine: one engine call per step, no host sync."""
-        params = params or self.manifest.refinement
-        boxes = boxes.to(self.device, torch.float32)
-        if len(boxes) == 0:
-            return boxes.clone(), torch.zeros(0, device=self.device)
-        step = self._engines["refine_step"]
-        rois = torch.cat([boxes.new_zeros((len(boxes), 1)), boxes], dim=1)
-        inputs = self._box_inputs(step, features, rois, labels)
-        rois = inputs.pop("rois")
-        iou, grad = self.iou_and_grad(features, rois, inputs["labels"])
-        if on_step is not None:
-            on_step(0)
-        height, width = image_size
-        constants = {
-            "upper": [width, height, width, height],
-            "step": [params.step],
-            "early_stop": [params.early_stop],
-            "degrade_tolerance": [params.degrade_tolerance],
-        }
-        for name, values in constants.items():
-            inputs[name] = torch.tensor(values, dtype=step.dtypes[name], device=self.device)
-        active = torch.ones(len(boxes), dtype=torch.bool, device=self.device)
-        state = {"rois": rois, "iou": iou, "grad": grad, "active": active}
-        spare = {f"{name}_next": torch.empty_like(value) for name, value in state.items()}
-        for index in range(params.iterations):
-            outputs = step.run({**inputs, **state}, spare)
-            spare = {f"{name}_next": value for name, value in state.items()}
-            state = {name: outputs[f"{name}_next"] for name in state}
-            if on_step is not None:
-                on_step(index + 1)
-        return state["rois"][:, 1:].contiguous(), state["iou"]
+        """Algorithm 2 with the fused step engine (see ``Backend.refine``)."""
+        refined = self.refined(features, boxes, labels, image_size, params, on_step)
+        return refined.boxes, refined.iou
+
+    def fused_step(self, features: Features, labels: Tensor) -> Step:
+        """One call of the refine_step engine per step, queued on the current stream."""
+        engine = self._engines["refine_step"]
+        inputs = self._map_inputs(engine, features)
+        inputs["labels"] = self._input(engine, "labels", labels)
+
+        def step(state: RefineState, settings: StepSettings) -> RefineState:
+            count = len(state.boxes)
+            rois = torch.cat([state.boxes.new_zeros((count, 1)), state.boxes], dim=1)
+            given = {"rois": rois, "iou": state.iou, "grad": state.grad, "active": state.active}
+            given.update(settings.feeds())
+            inputs.update({name: self._input(engine, name, value) for name, value in given.items()})
+            outputs = engine.run(inputs)
+            return RefineState(
+                outputs["rois_next"][:, 1:].contiguous(),
+                outputs["iou_next"],
+                outputs["grad_next"],
+                outputs["active_next"],
+            )
+
+        return step
 
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.device)
