@@ -90,10 +90,9 @@ class Backend(abc.ABC):
 
         ``on_step(i)`` is called after the IoU and gradient at the start (i = 0) and after each
         step i; with ``synchronous_steps`` the steps end once no box is active (the result is
-        the same). This default steps with ``iou_and_grad``; a backend with a fused step
-        overrides it to run that (see ``refined``).
+        the same). The steps are the backend's fused step where it has one (see ``refined``).
         """
-        refined = self.refined(features, boxes, labels, image_size, params, on_step, fused=False)
+        refined = self.refined(features, boxes, labels, image_size, params, on_step)
         return refined.boxes, refined.iou
 
     def refined(

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from iounet.export.manifest import ROLE_OUTPUTS, Manifest, load_manifest
-from iounet.runtime.backend import Backend, Features, RefineParams
-from iounet.runtime.refinement import RefineState, Step, StepHook, StepSettings
+from iounet.runtime.backend import Backend, Features
+from iounet.runtime.refinement import RefineState, Step, StepSettings
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -118,19 +118,6 @@ class OnnxRuntimeBackend(Backend):
             return torch.zeros(0, device=self.device), torch.zeros((0, 4), device=self.device)
         iou, grad = self._run("iou_grad", feeds, len(rois))
         return self._tensor(iou), self._tensor(grad)
-
-    def refine(
-        self,
-        features: Features,
-        boxes: Tensor,
-        labels: Tensor,
-        image_size: tuple[int, int],
-        params: RefineParams | None = None,
-        on_step: StepHook | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2 with the fused step graph (see ``Backend.refine``)."""
-        refined = self.refined(features, boxes, labels, image_size, params, on_step)
-        return refined.boxes, refined.iou
 
     @property
     def synchronous_steps(self) -> bool:

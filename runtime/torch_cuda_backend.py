@@ -108,19 +108,6 @@ class TorchCudaBackend(DetectorStages):
             features, rois.to(self.device), labels.to(self.device)
         )
 
-    def refine(
-        self,
-        features: Features,
-        boxes: Tensor,
-        labels: Tensor,
-        image_size: tuple[int, int],
-        params: RefineParams | None = None,
-        on_step: StepHook | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2 as one CUDA graph replay (see ``refined``)."""
-        refined = self.refined(features, boxes, labels, image_size, params, on_step)
-        return refined.boxes, refined.iou
-
     @torch.no_grad()
     def refined(
         self,

@@ -24,8 +24,8 @@ from iounet.export.engine import (
 )
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
-from iounet.runtime.backend import Backend, Features, RefineParams
-from iounet.runtime.refinement import RefineState, Step, StepHook, StepSettings
+from iounet.runtime.backend import Backend, Features
+from iounet.runtime.refinement import RefineState, Step, StepSettings
 
 if TYPE_CHECKING:
     from iounet.export.tracking_manifest import TrackingManifest
@@ -279,19 +279,6 @@ class TensorRTBackend(Backend):
         engine = self._engines["iou_grad"]
         outputs = engine.run(self._box_inputs(engine, features, rois, labels))
         return outputs["iou"], outputs["grad"]
-
-    def refine(
-        self,
-        features: Features,
-        boxes: Tensor,
-        labels: Tensor,
-        image_size: tuple[int, int],
-        params: RefineParams | None = None,
-        on_step: StepHook | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Algorithm 2 with the fused step engine (see ``Backend.refine``)."""
-        refined = self.refined(features, boxes, labels, image_size, params, on_step)
-        return refined.boxes, refined.iou
 
     def fused_step(self, features: Features, labels: Tensor) -> Step:
         """One call of the refine_step engine per step, queued on the current stream."""

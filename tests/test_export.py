@@ -14,7 +14,7 @@ from tiny_model import assert_gradient_matches_differences
 from iounet.export.graphs import RefineStepGraph
 from iounet.export.manifest import GRAPH_ROLES, ManifestError, TensorSpec, load_manifest
 from iounet.export.onnx_export import export_model
-from iounet.runtime.backend import Backend, RefineParams
+from iounet.runtime.backend import RefineParams
 from iounet.runtime.ort_backend import OnnxRuntimeBackend
 from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.config import RECIPES
@@ -124,9 +124,9 @@ def test_fused_refinement_equals_refine_boxes(backends):
     params = RefineParams(step=2.0, iterations=6)
     steps = []
     fused, fused_iou = ort_backend.refine(maps_o, boxes, labels, (128, 160), params, steps.append)
-    default, default_iou = Backend.refine(ort_backend, maps_o, boxes, labels, (128, 160), params)
-    torch.testing.assert_close(fused, default, atol=1e-5, rtol=0)
-    torch.testing.assert_close(fused_iou, default_iou, atol=1e-6, rtol=0)
+    stepped = ort_backend.refined(maps_o, boxes, labels, (128, 160), params, fused=False)
+    torch.testing.assert_close(fused, stepped.boxes, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fused_iou, stepped.iou, atol=1e-6, rtol=0)
     assert steps[0] == 0 and steps == list(range(len(steps)))
     reference, reference_iou = torch_backend.refine(maps_t, boxes, labels, (128, 160), params)
     torch.testing.assert_close(fused, reference, atol=1e-3, rtol=0)
