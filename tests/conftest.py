@@ -51,6 +51,22 @@ def exported_model(tmp_path_factory):
     return checkpoint, root / "model"
 
 
+def tensorrt_missing() -> str | None:
+    """Why TensorRT engines cannot run here (no CUDA device, no TensorRT, no plugin library), or
+    None."""
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed"
+    from iounet.plugins.trt_loader import plugin_library_path
+
+    if not plugin_library_path().is_file():
+        return "plugin library not built: make native TENSORRT_ROOT=<TensorRT folder>"
+    return None
+
+
 def exported_at(factory: pytest.TempPathFactory, checkpoint: Path, opset: int) -> Path:
     """The model folder `iounet export --opset OPSET` makes of `checkpoint` (fp16 graphs too for
     an IoU-Net checkpoint), exported once per test session: the folder is kept beside the

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import json
 import math
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import tensorrt_missing
 from fake_tensorrt import FakeTensorRT, install_fake_tensorrt
 from tiny_model import CLASSES, write_tiny_checkpoint
 
@@ -854,19 +854,6 @@ def test_cli_builds_with_the_given_settings(fake_trt, tmp_path, capsys):
 # --- TensorRT on a GPU -------------------------------------------------------------------------
 
 
-def _gpu_ready() -> str | None:
-    """Why the GPU tests cannot run here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed"
-    from iounet.plugins.trt_loader import plugin_library_path
-
-    if not plugin_library_path().is_file():
-        return "plugin library not built: make native TENSORRT_ROOT=<TensorRT folder>"
-    return None
-
-
 GPU_BOXES = (1, 64, 256)
 GPU_SIZES = ((64, 64), (96, 128), (160, 192))
 
@@ -874,7 +861,7 @@ GPU_SIZES = ((64, 64), (96, 128), (160, 192))
 @pytest.fixture(scope="module")
 def trt_model(tmp_path_factory):
     """An exported tiny IoU-Net with fp32 and fp16 engines."""
-    reason = _gpu_ready()
+    reason = tensorrt_missing()
     if reason:
         pytest.skip(reason)
     from iounet.export.onnx_export import export_model
@@ -1018,7 +1005,7 @@ def test_cli_without_the_plugin_library_says_how_to_build_it(monkeypatch, tmp_pa
 @pytest.fixture(scope="module")
 def trt_joint_model(exported_joint_model, tmp_path_factory):
     """The tiny joint IoU-Net (its folder linked) with fp32 and fp16 engines, detector included."""
-    reason = _gpu_ready()
+    reason = tensorrt_missing()
     if reason:
         pytest.skip(reason)
     _, source = exported_joint_model

@@ -5,11 +5,11 @@ IoUs and steps per box on each, and the settings come from the model's manifest.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tensorrt_missing
 from fake_tensorrt import install_fake_tensorrt
 
 from iounet.export.engine import build_engines
@@ -36,19 +36,6 @@ SCENARIOS = {
 MARGIN = 1e-4
 
 
-def _tensorrt_missing() -> str | None:
-    """Why TensorRT cannot run here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed"
-    from iounet.plugins.trt_loader import plugin_library_path
-
-    if not plugin_library_path().is_file():
-        return "plugin library not built: make native TENSORRT_ROOT=<TensorRT folder>"
-    return None
-
-
 BACKENDS = [
     "torch",
     pytest.param(
@@ -69,7 +56,7 @@ BACKENDS = [
         marks=[
             pytest.mark.gpu,
             pytest.mark.tensorrt,
-            pytest.mark.skipif(_tensorrt_missing() is not None, reason=str(_tensorrt_missing())),
+            pytest.mark.skipif(tensorrt_missing() is not None, reason=str(tensorrt_missing())),
         ],
     ),
 ]

@@ -5,13 +5,13 @@ GPU with TensorRT ``TrackerRefiner`` on ``trt`` against ``ort``."""
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import tensorrt_missing
 from fake_tensorrt import install_fake_tensorrt
 
 from iounet import cli
@@ -227,23 +227,10 @@ def test_trt_engine_without_engines_says_how_to_build(fake_trt, tmp_path, monkey
 # --- TensorRT on a GPU -------------------------------------------------------------------------
 
 
-def _gpu_ready() -> str | None:
-    """Why the GPU tests cannot run here, or None."""
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed"
-    from iounet.plugins.trt_loader import plugin_library_path
-
-    if not plugin_library_path().is_file():
-        return "plugin library not built: make native TENSORRT_ROOT=<TensorRT folder>"
-    return None
-
-
 @pytest.fixture(scope="module")
 def trt_tracking_model(tmp_path_factory):
     """A tiny random pytracking net, exported, with fp32 engines."""
-    reason = _gpu_ready()
+    reason = tensorrt_missing()
     if reason:
         pytest.skip(reason)
     from tiny_tracking import random_tracking_net, write_pytracking_checkpoint
