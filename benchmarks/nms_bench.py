@@ -1,5 +1,6 @@
 """Time of iou_nms, nms and soft_nms (iounet.runtime) next to torchvision's batched_nms on the
-same boxes, in one run: the median of many calls, and the ratio to batched_nms.
+same boxes, in one run: the median of many calls, and the ratio to batched_nms. iou_nms runs on
+its device kernel (the native or CUDA library where built) and on its PyTorch reference kernel.
 
 Two scenes of N boxes with 80 labels on an 800x1333 image: "detections", like a detector's raw
 output (20 objects, boxes jittered around them with mostly their label, 20 % scattered boxes,
@@ -26,6 +27,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from iounet.plugins import reference_kernels
 from iounet.runtime import iou_nms, nms, soft_nms
 
 BASELINE = "torchvision batched_nms"
@@ -92,8 +94,17 @@ def cases(boxes, scores, ious, labels) -> dict[str, Callable[[], torch.Tensor]]:
         BASELINE: lambda: torchvision.ops.batched_nms(boxes, scores, labels, IOU_THRESHOLD),
         "nms": lambda: nms(boxes, scores, labels, IOU_THRESHOLD),
         "iou_nms": lambda: iou_nms(boxes, scores, ious, labels, IOU_THRESHOLD)[0],
+        "iou_nms (reference kernel)": lambda: _on_reference(
+            lambda: iou_nms(boxes, scores, ious, labels, IOU_THRESHOLD)[0]
+        ),
         "soft_nms (gaussian)": lambda: soft_nms(boxes, scores, labels)[0],
     }
+
+
+def _on_reference(work: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """`work` on the ops' plain PyTorch kernels (iounet.plugins.reference_kernels)."""
+    with reference_kernels():
+        return work()
 
 
 def measure(

@@ -4,6 +4,8 @@ Subpackages: ``iounet.plugins`` (the PrRoIPool ops in every backend), ``iounet.t
 ``iounet.export`` and ``iounet.runtime``.
 """
 
-from iounet._version import __version__
+from iounet import version
+
+__version__ = version.__version__
 
 __all__ = ["__version__"]

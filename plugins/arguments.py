@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import numbers
 from collections.abc import Sequence
@@ -10,6 +11,17 @@ import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: The fields the PrRoIPool shape structs of the C APIs (CPU and CUDA libraries) begin with.
+SHAPE_FIELDS = [
+    ("batch", ctypes.c_int64),
+    ("channels", ctypes.c_int64),
+    ("height", ctypes.c_int64),
+    ("width", ctypes.c_int64),
+    ("num_rois", ctypes.c_int64),
+    ("pooled_height", ctypes.c_int64),
+    ("pooled_width", ctypes.c_int64),
+    ("spatial_scale", ctypes.c_double),
+]
 
 
 def check_input(input: Tensor) -> None:
@@ -82,6 +94,22 @@ def rois_tensor(
     return table
 
 
+def checked_call(
+    input: Tensor,
+    rois: Tensor | Sequence[Tensor],
+    output_size: int | Sequence[int],
+    spatial_scale: float,
+    check_values: bool = True,
+) -> tuple[Tensor, tuple[int, int], float]:
+    """The roi table (K, 5), (pooled_height, pooled_width) and spatial scale of a PrRoIPool call,
+    once :func:`check_input`, :func:`output_size_pair`, :func:`check_spatial_scale` and
+    :func:`rois_tensor` accept its arguments."""
+    check_input(input)
+    pooled = output_size_pair(output_size)
+    scale = check_spatial_scale(spatial_scale)
+    return rois_tensor(rois, input, check_values), pooled, scale
+
+
 def check_grad_output(grad_output: Tensor, expected: tuple[int, ...], input: Tensor) -> None:
     """Raise if `grad_output` is not a tensor of shape `expected` like `input` (dtype, device)."""
     if not isinstance(grad_output, Tensor):
@@ -96,6 +124,14 @@ def check_grad_output(grad_output: Tensor, expected: tuple[int, ...], input: Ten
             f"grad_output is {grad_output.dtype} on {grad_output.device}, "
             f"input is {input.dtype} on {input.device}"
         )
+
+
+def checked_grad_output(grad_output: Tensor, input: Tensor, shape: ctypes.Structure) -> Tensor:
+    """`grad_output` detached and contiguous, once :func:`check_grad_output` accepts it for the
+    (K, C, PH, PW) of `shape` (a C API shape struct, :data:`SHAPE_FIELDS`) and for `input`."""
+    expected = (shape.num_rois, shape.channels, shape.pooled_height, shape.pooled_width)
+    check_grad_output(grad_output, expected, input)
+    return grad_output.detach().contiguous()
 
 
 def _rois_from_list(boxes: Sequence[Tensor], input: Tensor) -> Tensor:
@@ -137,3 +173,35 @@ def _check_values(table: Tensor, num_images: int) -> None:
             f"rois batch_index must lie in [0, {num_images - 1}] (input has {num_images} images), "
             f"got values in [{low:g}, {high:g}]"
         )
+
+
+def check_iou_nms(
+    boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, iou_threshold: float
+) -> None:
+    """Raise TypeError / ValueError when IoU-NMS arguments break the contract of
+    ``torch.ops.iounet.iou_nms`` (shapes, dtypes, devices; not values)."""
+    tensors = (("boxes", boxes), ("scores", scores), ("ious", ious), ("labels", labels))
+    for name, tensor in tensors:
+        if not isinstance(tensor, Tensor) and not (name == "labels" and tensor is None):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if boxes.dim() != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must have shape (N, 4), got {tuple(boxes.shape)}")
+    if boxes.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"boxes must be float32 or float64, got {boxes.dtype}")
+    for name, tensor in tensors[1:]:
+        if tensor is None:
+            continue
+        if tensor.shape != boxes.shape[:1]:
+            raise ValueError(f"{name} must have shape ({len(boxes)},), got {tuple(tensor.shape)}")
+        if tensor.device != boxes.device:
+            raise ValueError(f"{name} are on {tensor.device}, boxes on {boxes.device}")
+        if name != "labels" and tensor.dtype != boxes.dtype:
+            raise TypeError(f"{name} is {tensor.dtype}, boxes are {boxes.dtype}: need one dtype")
+    if labels is not None and (labels.is_floating_point() or labels.dtype == torch.bool):
+        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
+    if (
+        isinstance(iou_threshold, bool)
+        or not isinstance(iou_threshold, numbers.Real)
+        or math.isnan(iou_threshold)
+    ):
+        raise ValueError(f"iou_threshold must be a real number, got {iou_threshold!r}")

@@ -18,15 +18,20 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import math
 import numbers
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from iounet._version import __version__
-from iounet.plugins.libraries import BUILD_HINT, library_file
+from iounet.plugins.arguments import (
+    SHAPE_FIELDS,
+    check_iou_nms,
+    check_spatial_scale,
+    checked_grad_output,
+)
+from iounet.plugins.libraries import BUILD_HINT, POINTER, library_file, load_package_library
 
 LIBRARY_NAME = "libiounet_prroi_cuda.so"
 LIBRARY_ENV = "IOUNET_PRROI_CUDA_LIB"
@@ -39,22 +44,12 @@ class CudaLibraryError(RuntimeError):
 
 
 class _Shape(ctypes.Structure):
-    _fields_ = [
-        ("batch", ctypes.c_int64),
-        ("channels", ctypes.c_int64),
-        ("height", ctypes.c_int64),
-        ("width", ctypes.c_int64),
-        ("num_rois", ctypes.c_int64),
-        ("pooled_height", ctypes.c_int64),
-        ("pooled_width", ctypes.c_int64),
-        ("spatial_scale", ctypes.c_double),
-    ]
+    _fields_ = SHAPE_FIELDS
 
 
-_P = ctypes.c_void_p
+_P = POINTER
 _SHAPE = ctypes.POINTER(_Shape)
 _SIGNATURES = {
-    "iounet_prroi_cuda_version": (ctypes.c_char_p, []),
     "iounet_prroi_cuda_error_message": (ctypes.c_char_p, [ctypes.c_int]),
     "iounet_prroi_cuda_probe": (ctypes.c_int, []),
     "iounet_iou_nms_cuda_workspace_bytes": (ctypes.c_int64, [ctypes.c_int64]),
@@ -86,26 +81,14 @@ def library_path() -> Path:
 @functools.cache
 def load_library() -> ctypes.CDLL:
     """Load the CUDA library once; raise CudaLibraryError saying how to build it if missing."""
-    path = library_path()
-    if not path.is_file():
-        raise CudaLibraryError(
-            f"{LIBRARY_NAME} not found at {path}: {BUILD_HINT} on a machine with nvcc, "
-            f"or point {LIBRARY_ENV} at it"
-        )
-    try:
-        library = ctypes.CDLL(str(path))
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            function = getattr(library, name)
-            function.restype = restype
-            function.argtypes = argtypes
-    except (OSError, AttributeError) as error:
-        raise CudaLibraryError(f"cannot load {path}: {error}") from error
-    built = library.iounet_prroi_cuda_version().decode()
-    if built != __version__:
-        raise CudaLibraryError(
-            f"{path} was built from iounet {built}, this is iounet {__version__}: {BUILD_HINT}"
-        )
-    return library
+    return load_package_library(
+        LIBRARY_NAME,
+        LIBRARY_ENV,
+        _SIGNATURES,
+        "iounet_prroi_cuda_version",
+        CudaLibraryError,
+        f"{BUILD_HINT} on a machine with nvcc",
+    )
 
 
 def device_type() -> str:
@@ -157,41 +140,37 @@ def prroi_pool(
     return output
 
 
-def prroi_pool_coord_grad(
-    features: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5) float32.
+def _gradient(
+    kernel: Callable[[Tensor, Tensor, Tensor, _Shape], Tensor], name: str, doc: str
+) -> Callable[..., Tensor]:
+    """The gradient function `name`: the arguments and checks both gradients share, then
+    ``kernel(features, rois, grad_output, shape)`` on the checked tensors."""
 
-    Column 0 (the batch index) is zero.
-    """
-    features, rois, shape = _prepare(features, rois, pooled_height, pooled_width, spatial_scale)
-    grad = _grad_output(grad_output, features, shape)
+    def gradient(
+        features: Tensor,
+        rois: Tensor,
+        grad_output: Tensor,
+        pooled_height: int,
+        pooled_width: int,
+        spatial_scale: float,
+    ) -> Tensor:
+        features, rois, shape = _prepare(features, rois, pooled_height, pooled_width, spatial_scale)
+        grad = checked_grad_output(grad_output, features, shape)
+        return kernel(features, rois, grad, shape)
+
+    gradient.__name__ = gradient.__qualname__ = name
+    gradient.__doc__ = doc
+    return gradient
+
+
+def _coord_grad(features: Tensor, rois: Tensor, grad: Tensor, shape: _Shape) -> Tensor:
     grad_rois = rois.new_empty((shape.num_rois, 5))
     name = f"iounet_prroi_cuda_coord_grad_{_SUFFIX[features.dtype]}"
     _launch(name, features, rois, grad, grad_rois, shape)
     return grad_rois
 
 
-def prroi_pool_feature_grad(
-    features: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    """Gradient w.r.t. the features: the shape and dtype of `features` (whose values are not read).
-
-    Summed with float32 atomics (the last bits may vary between runs); for float16 in a float32
-    workspace converted at the end.
-    """
-    features, rois, shape = _prepare(features, rois, pooled_height, pooled_width, spatial_scale)
-    grad = _grad_output(grad_output, features, shape)
+def _feature_grad(features: Tensor, rois: Tensor, grad: Tensor, shape: _Shape) -> Tensor:
     grad_features = torch.empty_like(features)
     if features.dtype == torch.float16:
         workspace = torch.empty(features.shape, dtype=torch.float32, device=features.device)
@@ -203,20 +182,37 @@ def prroi_pool_feature_grad(
     return grad_features
 
 
+prroi_pool_coord_grad = _gradient(
+    _coord_grad,
+    "prroi_pool_coord_grad",
+    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5) float32.
+
+    Column 0 (the batch index) is zero.
+    """,
+)
+prroi_pool_feature_grad = _gradient(
+    _feature_grad,
+    "prroi_pool_feature_grad",
+    """Gradient w.r.t. the features: the shape and dtype of `features` (whose values are not read).
+
+    Summed with float32 atomics (the last bits may vary between runs); for float16 in a float32
+    workspace converted at the end.
+    """,
+)
+
+
 def iou_nms(
     boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, threshold: float
 ) -> tuple[Tensor, Tensor]:
-    """IoU-guided NMS (IoU-Net, Algorithm 1) on the GPU: ``(keep, kept_scores)``.
+    """IoU-guided NMS on the GPU, the CUDA kernel of ``torch.ops.iounet.iou_nms``
+    (:mod:`iounet.plugins.iou_nms` states the algorithm and the arguments): ``(keep, kept_scores)``.
 
-    ``boxes`` (n, 4) x0, y0, x1, y1, ``scores`` and ``ious`` (n) on one CUDA device, all float32
-    or all float64 (IoUs are computed in that dtype, the threshold rounded to it); ``labels`` an
-    integer (n) tensor or None (one label). Boxes are taken in decreasing ``ious`` (ties: lower
-    index first); a box not yet eliminated is kept, eliminates the later boxes of its label whose
-    IoU with it is greater than ``threshold`` and takes the highest score among itself and them.
-    Returns the kept indices (int64) in that order and their updated scores (dtype of ``scores``).
-    The kernels do no host round trip; slicing the result to the kept count reads it back.
+    The tensors lie on one CUDA device; IoUs are computed in the boxes' dtype, the threshold
+    rounded to it. The kernels do no host round trip; slicing the result to the kept count reads
+    it back.
     """
-    _check_nms(boxes, scores, ious, labels, threshold)
+    check_iou_nms(boxes, scores, ious, labels, threshold)
+    _check_device("boxes", boxes)
     n = boxes.shape[0]
     device = boxes.device
     keep = torch.empty(n, dtype=torch.int64, device=device)
@@ -273,13 +269,7 @@ def _prepare(
     for name, value in (("pooled_height", pooled_height), ("pooled_width", pooled_width)):
         if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if (
-        isinstance(spatial_scale, bool)
-        or not isinstance(spatial_scale, numbers.Real)
-        or not math.isfinite(spatial_scale)
-        or spatial_scale <= 0
-    ):
-        raise ValueError(f"spatial_scale must be finite and positive, got {spatial_scale!r}")
+    scale = check_spatial_scale(spatial_scale)
     batch, channels, height, width = features.shape
     shape = _Shape(
         batch,
@@ -289,57 +279,9 @@ def _prepare(
         rois.shape[0],
         int(pooled_height),
         int(pooled_width),
-        float(spatial_scale),
+        scale,
     )
     return features.detach().contiguous(), rois.detach().contiguous(), shape
-
-
-def _grad_output(grad_output: Tensor, features: Tensor, shape: _Shape) -> Tensor:
-    expected = (shape.num_rois, shape.channels, shape.pooled_height, shape.pooled_width)
-    if not isinstance(grad_output, Tensor) or tuple(grad_output.shape) != expected:
-        got = tuple(grad_output.shape) if isinstance(grad_output, Tensor) else grad_output
-        raise ValueError(f"grad_output must have shape {expected} (K, C, PH, PW), got {got}")
-    if grad_output.dtype != features.dtype or grad_output.device != features.device:
-        raise TypeError(
-            f"grad_output is {grad_output.dtype} on {grad_output.device}, "
-            f"features are {features.dtype} on {features.device}"
-        )
-    return grad_output.detach().contiguous()
-
-
-def _check_nms(
-    boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, threshold: float
-) -> None:
-    for name, tensor in (("boxes", boxes), ("scores", scores), ("ious", ious), ("labels", labels)):
-        if not isinstance(tensor, Tensor) and not (name == "labels" and tensor is None):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-    _check_device("boxes", boxes)
-    if boxes.dtype not in _NMS_SUFFIX:
-        raise TypeError(f"boxes must be float32 or float64, got {boxes.dtype}")
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"boxes must have shape (n, 4), got {tuple(boxes.shape)}")
-    n = boxes.shape[0]
-    for name, tensor in (("scores", scores), ("ious", ious), ("labels", labels)):
-        if tensor is None:
-            continue
-        if tuple(tensor.shape) != (n,):
-            raise ValueError(f"{name} must have shape ({n},), got {tuple(tensor.shape)}")
-        if tensor.device != boxes.device:
-            raise ValueError(f"{name} are on {tensor.device}, boxes on {boxes.device}")
-        if name != "labels" and tensor.dtype != boxes.dtype:
-            raise TypeError(
-                f"{name} must have the dtype of boxes ({boxes.dtype}), got {tensor.dtype}"
-            )
-    if labels is not None and (
-        labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool
-    ):
-        raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
-    if (
-        isinstance(threshold, bool)
-        or not isinstance(threshold, numbers.Real)
-        or math.isnan(threshold)
-    ):
-        raise ValueError(f"threshold must be a real number, got {threshold!r}")
 
 
 def _launch(name: str, *arguments: Tensor | _Shape) -> None:

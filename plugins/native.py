@@ -1,4 +1,5 @@
-"""PrRoIPool through the native CPU kernels (libiounet_prroi_cpu, built by CMake), via ctypes.
+"""PrRoIPool and IoU-guided NMS on the native CPU kernels (libiounet_prroi_cpu, built by CMake), via
+ctypes.
 
 The functions take and return CPU tensors of float32 or float64 with the arguments of
 :func:`iounet.plugins.prroi_pool`; the library is loaded on first use from the package's lib
@@ -8,6 +9,7 @@ instead: a row with a batch index outside [0, N) or a NaN/Inf value pools to zer
 gradient. The functions have no autograd: with ``check_values`` (the default) they refuse
 tensors that require grad while grad mode is on, instead of dropping the gradient. `layout`
 ("auto", "planar" or "channels_last") only changes how the features are read, and so the speed.
+:func:`iou_nms` is the CPU kernel of ``torch.ops.iounet.iou_nms`` (:mod:`iounet.plugins.iou_nms`).
 """
 
 from __future__ import annotations
@@ -20,15 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from iounet._version import __version__
-from iounet.plugins.arguments import (
-    check_grad_output,
-    check_input,
-    check_spatial_scale,
-    output_size_pair,
-    rois_tensor,
-)
-from iounet.plugins.libraries import BUILD_HINT, library_file
+from iounet.plugins.arguments import SHAPE_FIELDS, checked_call, checked_grad_output
+from iounet.plugins.libraries import POINTER, library_file, load_package_library
 
 LIBRARY_NAME = "libiounet_prroi_cpu.so"
 #: How the kernels read the features; changes the speed only (see prroi_pool_cpu.h).
@@ -42,17 +37,29 @@ class NativeLibraryError(RuntimeError):
 
 
 class _Shape(ctypes.Structure):
-    _fields_ = [
-        ("batch", ctypes.c_int64),
-        ("channels", ctypes.c_int64),
-        ("height", ctypes.c_int64),
-        ("width", ctypes.c_int64),
-        ("num_rois", ctypes.c_int64),
-        ("pooled_height", ctypes.c_int64),
-        ("pooled_width", ctypes.c_int64),
-        ("spatial_scale", ctypes.c_double),
-        ("layout", ctypes.c_int64),
-    ]
+    _fields_ = [*SHAPE_FIELDS, ("layout", ctypes.c_int64)]
+
+
+_P = POINTER
+_KERNEL = (ctypes.POINTER(_Shape), ctypes.c_int)  # the trailing arguments: shape, num_threads
+_SIGNATURES = {
+    **{
+        f"iounet_prroi_forward_{s}": (ctypes.c_int, (_P, _P, _P, *_KERNEL))
+        for s in _SUFFIX.values()
+    },
+    **{
+        f"iounet_prroi_coord_grad_{s}": (ctypes.c_int, (_P, _P, _P, _P, *_KERNEL))
+        for s in _SUFFIX.values()
+    },
+    **{
+        f"iounet_prroi_feature_grad_{s}": (ctypes.c_int, (_P, _P, _P, *_KERNEL))
+        for s in _SUFFIX.values()
+    },
+    "iounet_iou_nms_f64": (
+        ctypes.c_int,
+        (_P, _P, _P, _P, ctypes.c_int64, ctypes.c_double, _P, _P, _P),
+    ),
+}
 
 
 def library_path() -> Path:
@@ -63,22 +70,9 @@ def library_path() -> Path:
 @functools.cache
 def load_library() -> ctypes.CDLL:
     """Load the CPU library once; raise NativeLibraryError saying how to build it if missing."""
-    path = library_path()
-    if not path.is_file():
-        raise NativeLibraryError(
-            f"{LIBRARY_NAME} not found at {path}: {BUILD_HINT}, or point {LIBRARY_ENV} at it"
-        )
-    try:
-        library = ctypes.CDLL(str(path))
-    except OSError as error:
-        raise NativeLibraryError(f"cannot load {path}: {error}") from error
-    library.iounet_prroi_version.restype = ctypes.c_char_p
-    built = library.iounet_prroi_version().decode()
-    if built != __version__:
-        raise NativeLibraryError(
-            f"{path} was built from iounet {built}, this is iounet {__version__}: {BUILD_HINT}"
-        )
-    return library
+    return load_package_library(
+        LIBRARY_NAME, LIBRARY_ENV, _SIGNATURES, "iounet_prroi_version", NativeLibraryError
+    )
 
 
 def library_version() -> str:
@@ -118,7 +112,7 @@ def prroi_pool_coord_grad(
 ) -> Tensor:
     """Gradient w.r.t. the boxes on the CPU kernels: (K, 5), column 0 zero."""
     features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values, layout)
-    grad = _grad_output(grad_output, features, shape)
+    grad = checked_grad_output(grad_output, features, shape)
     grad_rois = features.new_empty((shape.num_rois, 5))
     _call("coord_grad", features.dtype, num_threads, features, table, grad, grad_rois, shape=shape)
     return grad_rois
@@ -137,7 +131,7 @@ def prroi_pool_feature_grad(
 ) -> Tensor:
     """Gradient w.r.t. the features on the CPU kernels: the shape of `input`."""
     features, table, shape = _prepare(input, rois, output_size, spatial_scale, check_values, layout)
-    grad = _grad_output(grad_output, features, shape)
+    grad = checked_grad_output(grad_output, features, shape)
     grad_features = torch.empty_like(features)
     _call("feature_grad", features.dtype, num_threads, table, grad, grad_features, shape=shape)
     return grad_features
@@ -151,7 +145,11 @@ def _prepare(
     check_values: bool,
     layout: str,
 ) -> tuple[Tensor, Tensor, _Shape]:
-    check_input(input)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+    table, (pooled_h, pooled_w), scale = checked_call(
+        input, rois, output_size, spatial_scale, check_values
+    )
     if check_values and torch.is_grad_enabled() and _requires_grad(input, rois):
         raise ValueError(
             "the native kernels have no autograd and would drop the gradient: use "
@@ -163,14 +161,9 @@ def _prepare(
         raise TypeError(
             f"input must be float32 or float64 for the native kernels, got {input.dtype}"
         )
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
-    pooled_h, pooled_w = output_size_pair(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    table = rois_tensor(rois, input, check_values).detach().contiguous()
     if table.dtype != input.dtype:
         raise TypeError(f"rois dtype {table.dtype} does not match input dtype {input.dtype}")
-    features = input.detach().contiguous()
+    table, features = table.detach().contiguous(), input.detach().contiguous()
     batch, channels, height, width = features.shape
     shape = _Shape(
         batch, channels, height, width, table.shape[0], pooled_h, pooled_w, scale, LAYOUTS[layout]
@@ -185,21 +178,52 @@ def _requires_grad(input: Tensor, rois: Tensor | Sequence[Tensor]) -> bool:
     )
 
 
-def _grad_output(grad_output: Tensor, features: Tensor, shape: _Shape) -> Tensor:
-    expected = (shape.num_rois, shape.channels, shape.pooled_height, shape.pooled_width)
-    check_grad_output(grad_output, expected, features)
-    return grad_output.detach().contiguous()
-
-
 def _call(
     kernel: str, dtype: torch.dtype, num_threads: int | None, *tensors: Tensor, shape: _Shape
 ) -> None:
-    function = getattr(load_library(), f"iounet_prroi_{kernel}_{_SUFFIX[dtype]}")
+    name = f"iounet_prroi_{kernel}_{_SUFFIX[dtype]}"
     threads = torch.get_num_threads() if num_threads is None else int(num_threads)
-    pointers = [ctypes.c_void_p(t.data_ptr()) for t in tensors]
-    status = function(*pointers, ctypes.byref(shape), ctypes.c_int(threads))
+    status = getattr(load_library(), name)(
+        *(t.data_ptr() for t in tensors), ctypes.byref(shape), threads
+    )
+    _raise_for(status, name)
+
+
+def iou_nms(
+    boxes: Tensor, scores: Tensor, ious: Tensor, labels: Tensor | None, iou_threshold: float
+) -> tuple[Tensor, Tensor]:
+    """IoU-guided NMS on the CPU library, IoUs in float64: ``(keep, kept_scores)``.
+
+    CPU tensors as ``torch.ops.iounet.iou_nms`` takes them (:mod:`iounet.plugins.iou_nms`, which
+    checks them); `keep` int64, `kept_scores` in the dtype of `scores`.
+    """
+    count = boxes.shape[0]
+    box64, score64, iou64 = (
+        t.detach().to(torch.float64).contiguous() for t in (boxes, scores, ious)
+    )
+    label64 = None if labels is None else labels.detach().to(torch.int64).contiguous()
+    keep = torch.empty(count, dtype=torch.int64)
+    kept_scores = torch.empty(count, dtype=torch.float64)
+    kept = torch.zeros(1, dtype=torch.int64)
+    status = load_library().iounet_iou_nms_f64(
+        box64.data_ptr(),
+        score64.data_ptr(),
+        iou64.data_ptr(),
+        None if label64 is None else label64.data_ptr(),
+        count,
+        iou_threshold,
+        keep.data_ptr(),
+        kept_scores.data_ptr(),
+        kept.data_ptr(),
+    )
+    _raise_for(status, "iounet_iou_nms_f64")
+    size = int(kept)
+    return keep[:size].clone(), kept_scores[:size].to(scores.dtype)
+
+
+def _raise_for(status: int, name: str) -> None:
     if status != 0:
-        raise NativeLibraryError(f"iounet_prroi_{kernel} rejected its arguments (status {status})")
+        raise NativeLibraryError(f"{name} rejected its arguments (status {status})")
 
 
 def available() -> bool:

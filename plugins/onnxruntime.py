@@ -40,7 +40,7 @@ _LOG = logging.getLogger(__name__)
 CONTRIB_DOMAIN = "ai.onnx.contrib"
 #: (domain, op_type) pairs that the session runs with the native kernels.
 #: The largest output (bytes) an op computes; a larger request gets the empty result without
-#: allocating. The runtime's backends feed chunks far below it (``iounet.runtime.chunks``).
+#: allocating. The runtime's backends feed chunks far below it (``iounet.runtime.budget.chunks``).
 MAX_OUTPUT_BYTES = 2**32
 CUSTOM_OPS = {
     ("iounet", "PrRoIPool"),

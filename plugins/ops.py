@@ -8,17 +8,10 @@ PyTorch implementation (``iounet.plugins.reference``) everywhere else and whenev
 ``torch.export`` and the dynamo ONNX exporter; autograd is registered (backward = the feature
 gradient and coordinate gradient ops).
 
-The ops take the deployed contract, the one of the ONNX nodes and the TensorRT plugins:
-
-* ``input`` (N, C, H, W) and ``rois`` (K, 5) may differ in floating dtype (float16/bfloat16 maps
-  from autocast with float32 boxes); the work is done in float32 (float64 if either is float64),
-  the pooled output and the feature gradient come back in the dtype of ``input``, the
-  coordinate gradient in the dtype of ``rois``;
-* a roi row whose batch index does not round to an image of ``input``, or that holds NaN/Inf,
-  pools to zeros and has zero gradient (the graphs rely on batch index -1 for "not this level").
-
-Shapes, dtypes and devices are checked (ValueError / TypeError); the user-facing functions of
-``iounet.plugins`` check roi values too.
+The ops keep the PrRoIPool contract of ``docs/design.md`` (the one of the ONNX nodes and the
+TensorRT plugins), including its defined results for rows of no image or with NaN/Inf, which the
+graphs rely on (batch index -1 for "not this level"). Shapes, dtypes and devices are checked
+(ValueError / TypeError); the user-facing functions of ``iounet.plugins`` check roi values too.
 """
 
 from __future__ import annotations
@@ -35,7 +28,7 @@ from torch import Tensor
 
 from iounet.plugins import native, reference
 
-__all__ = ["reference_kernels"]
+__all__ = ["cuda_library", "native_library", "reference_kernels"]
 
 _REFERENCE = contextvars.ContextVar("iounet_reference_kernels", default=False)
 
@@ -97,37 +90,39 @@ def prroi_pool_op(
     return reference.pool(input, rois, (pooled_height, pooled_width), spatial_scale)
 
 
-@torch.library.custom_op("iounet::prroi_pool_coord_grad", mutates_args=())
-def prroi_pool_coord_grad_op(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
-    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5), column 0 zero."""
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    pooled = (pooled_height, pooled_width)
-    return reference.coord_grad(input, rois, grad_output, pooled, spatial_scale)
+def _gradient_op(name: str, kernel: Callable[..., Tensor], doc: str) -> torch.library.CustomOpDef:
+    """The gradient op ``iounet::<name>``: (input, rois, grad_output, pooled_height,
+    pooled_width, spatial_scale), whose default kernel is `kernel` of ``reference``."""
+
+    def gradient(
+        input: Tensor,
+        rois: Tensor,
+        grad_output: Tensor,
+        pooled_height: int,
+        pooled_width: int,
+        spatial_scale: float,
+    ) -> Tensor:
+        check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
+        return kernel(input, rois, grad_output, (pooled_height, pooled_width), spatial_scale)
+
+    gradient.__name__ = gradient.__qualname__ = f"{name}_op"
+    gradient.__doc__ = doc
+    return torch.library.custom_op(f"iounet::{name}", gradient, mutates_args=())
 
 
-@torch.library.custom_op("iounet::prroi_pool_feature_grad", mutates_args=())
-def prroi_pool_feature_grad_op(
-    input: Tensor,
-    rois: Tensor,
-    grad_output: Tensor,
-    pooled_height: int,
-    pooled_width: int,
-    spatial_scale: float,
-) -> Tensor:
+prroi_pool_coord_grad_op = _gradient_op(
+    "prroi_pool_coord_grad",
+    reference.coord_grad,
+    """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. rois: (K, 5), column 0 zero.""",
+)
+prroi_pool_feature_grad_op = _gradient_op(
+    "prroi_pool_feature_grad",
+    reference.feature_grad,
     """Gradient of ``(prroi_pool(...) * grad_output).sum()`` w.r.t. `input` (its shape and dtype).
 
     `input` gives the shape, dtype and device of the result; its values are not read.
-    """
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-    pooled = (pooled_height, pooled_width)
-    return reference.feature_grad(input, rois, grad_output, pooled, spatial_scale)
+    """,
+)
 
 
 # --- device kernels -----------------------------------------------------------------------------
@@ -166,7 +161,7 @@ def _split(args: tuple) -> tuple[tuple[Tensor, ...], int, int, float]:
 def _cpu_kernel(implementation: _Implementation) -> _Kernel:
     def kernel(*args: Tensor | int | float) -> Tensor:
         tensors, height, width, scale = _split(args)
-        if not _native_ready():
+        if native_library() is None:
             return implementation.reference(*tensors, (height, width), scale)
         dtype = _compute_dtype(*tensors[:2])
         result = implementation.native(
@@ -247,19 +242,29 @@ prroi_pool_op.register_autograd(_backward, setup_context=_setup_context)
 # --- kernel choice ------------------------------------------------------------------------------
 
 
-def _native_ready() -> bool:
-    return not _REFERENCE.get() and native.available()
+def native_library() -> ModuleType | None:
+    """:mod:`iounet.plugins.native` when the CPU kernels run on it (it loads and no
+    :func:`reference_kernels` block is active), else None."""
+    return None if _REFERENCE.get() or not native.available() else native
 
 
-def _cuda_kernels(input: Tensor, rois: Tensor) -> ModuleType | None:
-    """The CUDA library's module when it runs these arguments, else None (reference kernels)."""
-    if _REFERENCE.get() or torch.float64 in (input.dtype, rois.dtype):
+def cuda_library(device: torch.device) -> ModuleType | None:
+    """:mod:`iounet.plugins.cuda` when its kernels run on `device` (built, a GPU there, no
+    :func:`reference_kernels` block active), else None."""
+    if _REFERENCE.get():
         return None
     try:
         from iounet.plugins import cuda
     except ImportError:
         return None
-    return cuda if cuda.available() else None
+    return cuda if cuda.available(device) else None
+
+
+def _cuda_kernels(input: Tensor, rois: Tensor) -> ModuleType | None:
+    """The CUDA library's module when it runs these arguments, else None (reference kernels)."""
+    if torch.float64 in (input.dtype, rois.dtype):
+        return None
+    return cuda_library(input.device)
 
 
 def _cuda_io(input: Tensor) -> Tensor:

@@ -20,10 +20,9 @@ from torch import Tensor, nn
 from iounet.plugins import ops
 from iounet.plugins.arguments import (
     check_grad_output,
-    check_input,
     check_spatial_scale,
+    checked_call,
     output_size_pair,
-    rois_tensor,
 )
 
 
@@ -47,10 +46,7 @@ def prroi_pool(
         (K, C, pooled_height, pooled_width) in the dtype of `input`, differentiable w.r.t.
         `input` and `rois`.
     """
-    check_input(input)
-    pooled = output_size_pair(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    table = rois_tensor(rois, input)
+    table, pooled, scale = checked_call(input, rois, output_size, spatial_scale)
     return ops.prroi_pool_op(input, table, *pooled, scale)
 
 
@@ -69,10 +65,7 @@ def prroi_pool_coord_grad(
     Returns:
         (K, 5) in the dtype of the boxes; column 0 (the batch index) is 0.
     """
-    check_input(input)
-    pooled = output_size_pair(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    table = rois_tensor(rois, input)
+    table, pooled, scale = checked_call(input, rois, output_size, spatial_scale)
     check_grad_output(grad_output, (table.shape[0], input.shape[1], *pooled), input)
     return ops.prroi_pool_coord_grad_op(input, table, grad_output, *pooled, scale)
 
@@ -85,10 +78,7 @@ def prroi_pool_feature_grad(
     spatial_scale: float = 1.0,
 ) -> Tensor:
     """Gradient of `(prroi_pool(input, rois, ...) * grad_output).sum()` w.r.t. `input`."""
-    check_input(input)
-    pooled = output_size_pair(output_size)
-    scale = check_spatial_scale(spatial_scale)
-    table = rois_tensor(rois, input)
+    table, pooled, scale = checked_call(input, rois, output_size, spatial_scale)
     check_grad_output(grad_output, (table.shape[0], input.shape[1], *pooled), input)
     return ops.prroi_pool_feature_grad_op(input, table, grad_output, *pooled, scale)
 

@@ -48,7 +48,7 @@ def pool(input: Tensor, rois: Tensor, pooled: tuple[int, int], scale: float) -> 
     features, boxes = _working_precision(input, rois[valid])
 
     def compute(feature: Tensor, chunk: _Chunk) -> Tensor:
-        args = (feature, boxes[chunk.rows, 1:], pooled, scale, chunk.window)
+        args = (feature, boxes[chunk.rows, 1:], _Bins(pooled, scale, chunk.window))
         if needs_graph:
             return checkpoint(_pool_boxes, *args, use_reentrant=False)
         return _pool_boxes(*args)
@@ -76,9 +76,8 @@ def coord_grad(
         grad = grad_output.detach()[valid].to(features.dtype)
 
         def compute(feature: Tensor, chunk: _Chunk) -> Tensor:
-            return _coord_grad_boxes(
-                feature, boxes[chunk.rows, 1:], grad[chunk.rows], pooled, scale, chunk.window
-            )
+            bins = _Bins(pooled, scale, chunk.window)
+            return _coord_grad_boxes(feature, boxes[chunk.rows, 1:], grad[chunk.rows], bins)
 
         corners = _run_chunks(compute, features, boxes, pooled, scale)
         result[valid.nonzero().flatten(), 1:] = corners.to(rois.dtype)
@@ -99,8 +98,9 @@ def feature_grad(
     for image in range(features.shape[0]):
         feature = result[image]
         for chunk in _plan_chunks(boxes, image, feature.shape, pooled, scale):
+            bins = _Bins(pooled, scale, chunk.window)
             index_y, index_x, values = _scatter_boxes(
-                boxes[chunk.rows, 1:], grad[chunk.rows], pooled, scale, chunk.window, feature.shape
+                boxes[chunk.rows, 1:], grad[chunk.rows], bins, feature.shape
             )
             feature.index_put_((index_y, index_x), values, accumulate=True)
     return result.permute(0, 3, 1, 2).to(input.dtype).contiguous()
@@ -152,6 +152,23 @@ class _Axis(NamedTuple):
         return edge_weights(self.edges, self.grid) * self.inside[:, None, :]
 
 
+class _Bins(NamedTuple):
+    """The bins of a chunk of boxes: PH x PW of them on box coordinates times `scale`, within
+    a map window of (Lh, Lw) grid points."""
+
+    pooled: tuple[int, int]
+    scale: float
+    window: tuple[int, int]
+
+    def axes(self, boxes: Tensor, map_shape: torch.Size) -> tuple[_Axis, _Axis]:
+        """The x and y axes of boxes (k, 4) on an (H, W, C) map."""
+        height, width, _ = map_shape
+        x0, y0, x1, y1 = (boxes * self.scale).unbind(1)
+        axis_x = _Axis.of(x0, x1, self.pooled[1], width, self.window[1])
+        axis_y = _Axis.of(y0, y1, self.pooled[0], height, self.window[0])
+        return axis_x, axis_y
+
+
 def _window_bounds(low: Tensor, high: Tensor, size: int) -> tuple[Tensor, Tensor]:
     """First grid index and number of grid points (k,) whose hat overlaps [low, high]."""
     low = low.detach()
@@ -173,38 +190,19 @@ def _bin_rows(weights_y: Tensor, crops: Tensor) -> Tensor:
     return torch.bmm(weights_y, crops.reshape(k, lh, lw * c)).view(k, -1, lw, c)
 
 
-def _pool_boxes(
-    feature: Tensor,
-    boxes: Tensor,
-    pooled: tuple[int, int],
-    scale: float,
-    window: tuple[int, int],
-) -> Tensor:
+def _pool_boxes(feature: Tensor, boxes: Tensor, bins: _Bins) -> Tensor:
     """PrRoIPool of one (H, W, C) map over boxes (k, 4): (k, C, PH, PW)."""
-    height, width, _ = feature.shape
-    x0, y0, x1, y1 = (boxes * scale).unbind(1)
-    axis_x = _Axis.of(x0, x1, pooled[1], width, window[1])
-    axis_y = _Axis.of(y0, y1, pooled[0], height, window[0])
+    axis_x, axis_y = bins.axes(boxes, feature.shape)
     rows = _bin_rows(axis_y.integral(), _crops(feature, axis_y, axis_x))
     integral = torch.matmul(axis_x.integral().unsqueeze(1), rows)  # (k, PH, PW, C)
     inv_area = _inverse_area(axis_x.bin_width * axis_y.bin_width)
     return (integral * inv_area[:, None, None, None]).permute(0, 3, 1, 2)
 
 
-def _coord_grad_boxes(
-    feature: Tensor,
-    boxes: Tensor,
-    grad: Tensor,
-    pooled: tuple[int, int],
-    scale: float,
-    window: tuple[int, int],
-) -> Tensor:
+def _coord_grad_boxes(feature: Tensor, boxes: Tensor, grad: Tensor, bins: _Bins) -> Tensor:
     """Gradient of (PrRoIPool * grad).sum() w.r.t. boxes (k, 4) on one (H, W, C) map: (k, 4)."""
-    pooled_h, pooled_w = pooled
-    height, width, _ = feature.shape
-    x0, y0, x1, y1 = (boxes * scale).unbind(1)
-    axis_x = _Axis.of(x0, x1, pooled_w, width, window[1])
-    axis_y = _Axis.of(y0, y1, pooled_h, height, window[0])
+    pooled_h, pooled_w = bins.pooled
+    axis_x, axis_y = bins.axes(boxes, feature.shape)
     weights_x = axis_x.integral().unsqueeze(1)
     crops = _crops(feature, axis_y, axis_x)
     grad = grad.permute(0, 2, 3, 1)  # (k, PH, PW, C), the layout of the products below
@@ -240,23 +238,15 @@ def _coord_grad_boxes(
     grad_y1 = (d_top * frac_y[:-1, None] + d_bottom * frac_y[1:, None]).sum((1, 2))
     grad_x0 = (d_left + d_right).sum((1, 2)) - grad_x1
     grad_y0 = (d_top + d_bottom).sum((1, 2)) - grad_y1
-    return torch.stack([grad_x0, grad_y0, grad_x1, grad_y1], dim=1) * scale
+    return torch.stack([grad_x0, grad_y0, grad_x1, grad_y1], dim=1) * bins.scale
 
 
 def _scatter_boxes(
-    boxes: Tensor,
-    grad: Tensor,
-    pooled: tuple[int, int],
-    scale: float,
-    window: tuple[int, int],
-    map_shape: torch.Size,
+    boxes: Tensor, grad: Tensor, bins: _Bins, map_shape: torch.Size
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Feature gradient of boxes (k, 4) with grad (k, PH, PW, C) on an (H, W, C) map: the window
     indices (k, Lh, 1), (k, 1, Lw) and the values (k, Lh, Lw, C) to add there."""
-    height, width, _ = map_shape
-    x0, y0, x1, y1 = (boxes * scale).unbind(1)
-    axis_x = _Axis.of(x0, x1, pooled[1], width, window[1])
-    axis_y = _Axis.of(y0, y1, pooled[0], height, window[0])
+    axis_x, axis_y = bins.axes(boxes, map_shape)
     inv_area = _inverse_area(axis_x.bin_width * axis_y.bin_width)
     per_bin = grad * inv_area[:, None, None, None]
     columns = torch.einsum("kqj,kpqc->kpjc", axis_x.integral(), per_bin)  # (k, PH, Lw, C)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from iounet.plugins.libraries import library_file
+from iounet.plugins.libraries import bind, library_file
 
 LIBRARY_NAME = "libiounet_trt_plugin.so"
 LIBRARY_ENV = "IOUNET_TRT_PLUGIN_LIB"
@@ -50,8 +50,7 @@ def _checked_path(path: str | os.PathLike | None) -> Path:
 
 def plugin_library_version(path: str | os.PathLike | None = None) -> str:
     """The version string the plugin library reports (kept in engine metadata)."""
-    library = ctypes.CDLL(str(_checked_path(path)))
-    library.iounetPluginLibraryVersion.restype = ctypes.c_char_p
+    library = bind(_checked_path(path), {"iounetPluginLibraryVersion": (ctypes.c_char_p, ())})
     return library.iounetPluginLibraryVersion().decode()
 
 

@@ -9,37 +9,26 @@ ValueError naming it. A box of zero area is valid: its IoU with any box is 0.
 
 IoUs use torchvision's formula and the comparison with ``iou_threshold`` is strict: a box is
 suppressed when its IoU is greater than the threshold. ``nms`` is torchvision's and computes in
-the boxes' dtype; ``iou_nms`` and ``soft_nms`` compute IoUs and scores in float64.
+the boxes' dtype; ``iou_nms`` is the op ``torch.ops.iounet.iou_nms`` (:mod:`iounet.plugins.iou_nms`)
+and ``soft_nms`` computes IoUs and scores in float64.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
-from collections.abc import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from iounet.plugins import cuda, native
-from iounet.plugins.iou_nms import iou_nms_cpu
+from iounet.plugins.iou_nms import iou_nms as iou_nms_op
+from iounet.plugins.nms_reference import box_columns, paired_iou, precise_dtype
 
 __all__ = ["iou_nms", "nms", "soft_nms"]
 
 FLOAT_DTYPES = (torch.float32, torch.float64)
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 SOFT_NMS_METHODS = ("gaussian", "linear")
-# On the CPU the greedy pass of iou_nms runs torchvision's nms on groups of whole classes of
-# about this many boxes (its cost grows with the square of the boxes in one call); on other
-# devices it runs once on all classes.
-CPU_GROUP_SIZE = 256
-# iou_nms on the CPU uses the native library when it loads (tests switch it off to check both).
-USE_NATIVE = True
-# iou_nms compares each kept box with the suppressed boxes after it of its label, at most about
-# this many pairs at a time (a bound on memory: some 100 bytes a pair).
-PAIR_CHUNK = 2**18
 
 
 def nms(
@@ -73,53 +62,25 @@ def iou_nms(
     labels: Tensor | None = None,
     iou_threshold: float = 0.5,
 ) -> tuple[Tensor, Tensor]:
-    """IoU-guided NMS (IoU-Net, Algorithm 1): ``(keep, kept_scores)``.
+    """IoU-guided NMS (IoU-Net, Algorithm 1): ``(keep, kept_scores)``, by the op
+    ``torch.ops.iounet.iou_nms`` (:mod:`iounet.plugins.iou_nms` states the algorithm).
 
-    Boxes are taken in decreasing order of predicted IoU ``ious``; ties go to the lower index
-    first. A box not yet eliminated is kept; it eliminates every remaining box of its label
-    whose IoU with it is greater than ``iou_threshold`` and takes the highest classification
-    score among itself and the boxes it eliminated (a box is eliminated once, by the first kept
-    box that overlaps it).
-
-    Returns ``keep``, int64 indices of the kept boxes in that order (decreasing ``ious``), and
-    ``kept_scores``, their updated classification scores (dtype of ``scores``).
+    Returns ``keep``, int64 indices of the kept boxes in decreasing ``ious`` (ties: lower index
+    first), and ``kept_scores``, their updated classification scores (dtype of ``scores``).
 
     On the CPU this runs in the native library when it is built (`make native`; IoUs in
-    float64 on the raw coordinates); on a GPU in the CUDA library when it is built (IoUs in the
-    boxes' dtype, no host round trip until the kept count is read). Otherwise IoUs are computed
-    in float64 (float32 on MPS), after moving each label's boxes by a multiple of the coordinate
-    range so that labels never meet (torchvision's coordinate trick); on a GPU the threshold is
-    rounded to float32, as torchvision's GPU kernels do.
+    float64); on a GPU in the CUDA library when it is built (IoUs in the boxes' dtype, no host
+    round trip until the kept count is read); otherwise, and inside
+    :func:`iounet.plugins.reference_kernels`, on the PyTorch reference
+    (:mod:`iounet.plugins.nms_reference`). All of them keep the same boxes except where an IoU
+    lies within rounding of the threshold.
     """
     _check_boxes(boxes)
     _check_scores("scores", scores, boxes)
     _check_scores("ious", ious, boxes)
     _check_labels(labels, boxes)
     threshold = _check_fraction("iou_threshold", iou_threshold)
-    if boxes.shape[0] == 0:
-        return torch.empty(0, dtype=torch.int64, device=boxes.device), scores[:0].clone()
-    if boxes.device.type == "cpu" and USE_NATIVE and native.available():
-        return iou_nms_cpu(boxes, scores, ious, labels, threshold)
-    if boxes.device.type == "cuda" and USE_NATIVE and cuda.available(boxes.device):
-        return cuda.iou_nms(boxes, scores, ious.to(boxes.dtype), labels, threshold)
-    if boxes.device.type != "cpu":  # as torchvision's GPU kernels compare
-        threshold = torch.tensor(threshold, dtype=torch.float32).item()
-    entries, position, class_id, class_end = _class_major_order(ious, labels)
-    bounds = _groups(class_end, boxes.device)
-    separated = _separate_classes(boxes.index_select(0, entries), class_id)
-    kept = _greedy_keep(separated, position, bounds, threshold)
-    kept_place = kept.nonzero().squeeze(1)
-    kept_scores = _absorbed_scores(
-        separated,
-        scores.index_select(0, entries),
-        class_end.index_select(0, class_id),
-        kept,
-        kept_place,
-        threshold,
-    )
-    greedy = position.index_select(0, kept_place).argsort()
-    keep = entries.index_select(0, kept_place.index_select(0, greedy))
-    return keep, kept_scores.index_select(0, greedy)
+    return iou_nms_op(boxes, scores, ious, labels, threshold)
 
 
 def soft_nms(
@@ -157,10 +118,10 @@ def soft_nms(
     if not math.isfinite(score_threshold):
         raise ValueError(f"score_threshold must be finite, got {score_threshold!r}")
 
-    dtype = _precise_dtype(boxes.device)
+    dtype = precise_dtype(boxes.device)
     index = (scores >= score_threshold).nonzero().squeeze(1)
     current = scores.index_select(0, index).to(dtype)
-    columns = _box_columns(boxes.index_select(0, index).to(dtype))
+    columns = box_columns(boxes.index_select(0, index).to(dtype))
     label = _class_ids(labels, boxes.shape[0], boxes.device).index_select(0, index)
     classes = int(label.max()) + 1 if index.numel() else 0
     selected, selected_scores = [], []
@@ -174,7 +135,7 @@ def soft_nms(
         chosen = winner[winner < index.numel()]
         selected.append(index.index_select(0, chosen))
         selected_scores.append(current.index_select(0, chosen))
-        overlap = _paired_iou(columns, winner.index_select(0, label), columns).nan_to_num_(0.0)
+        overlap = paired_iou(columns, winner.index_select(0, label), columns).nan_to_num_(0.0)
         if method == "gaussian":
             current = current * overlap.square_().div_(-sigma).exp_()
         else:
@@ -192,163 +153,11 @@ def soft_nms(
     return keep[by_score], new_scores[by_score].to(scores.dtype)
 
 
-def _precise_dtype(device: torch.device) -> torch.dtype:
-    """float64 where the device has it (not on MPS)."""
-    return torch.float32 if device.type == "mps" else torch.float64
-
-
 def _class_ids(labels: Tensor | None, n: int, device: torch.device) -> Tensor:
     """Each box's label as its rank among the distinct labels (all 0 without labels)."""
     if labels is None:
         return torch.zeros(n, dtype=torch.int64, device=device)
     return torch.unique(labels, return_inverse=True)[1]
-
-
-def _class_major_order(ious: Tensor, labels: Tensor | None) -> tuple[Tensor, ...]:
-    """The boxes grouped by label, each label's boxes in greedy order.
-
-    Returns ``entries`` (N,), the box at each place; ``position`` (N,), its place in the greedy
-    order (decreasing ``ious``, lower index first); ``class_id`` (N,), the rank of its label
-    (non-decreasing along the places); ``class_end`` (C,), the place after each label's last.
-    """
-    order = ious.argsort(descending=True, stable=True)
-    if labels is None:
-        n = order.numel()
-        everything = torch.full((1,), n, device=order.device)
-        return order, torch.arange(n, device=order.device), torch.zeros_like(order), everything
-    label, position = labels.index_select(0, order).sort(stable=True)
-    _, class_id, count = torch.unique_consecutive(label, return_inverse=True, return_counts=True)
-    return order.index_select(0, position), position, class_id, count.cumsum(0)
-
-
-def _groups(class_end: Tensor, device: torch.device) -> list[int]:
-    """Bounds [0, ..., N] of the runs of whole labels that the greedy pass treats in one call."""
-    n = int(class_end[-1])
-    if device.type != "cpu":
-        return [0, n]
-    return [0, *class_end.index_select(0, _run_starts(class_end, CPU_GROUP_SIZE) - 1).tolist(), n]
-
-
-def _run_starts(ends: Tensor, size: int) -> Tensor:
-    """Where to split items of cumulative sizes ``ends`` into runs of about ``size`` or one item.
-
-    The indices k > 0 where a run starts: ``(ends[k] - 1) // size`` differs from item k - 1's.
-    """
-    bucket = torch.div(ends - 1, size, rounding_mode="floor")
-    return (bucket[1:] != bucket[:-1]).nonzero().squeeze(1) + 1
-
-
-def _separate_classes(boxes: Tensor, class_id: Tensor) -> Tensor:
-    """The boxes in float64, the k-th label's moved by k * (coordinate range + 1) in x and y.
-
-    Boxes of different labels then never overlap. In float64 the move rounds a coordinate by
-    2e-8 at most while coordinates and the number of labels stay below 10**4.
-    """
-    boxes = boxes.to(_precise_dtype(boxes.device))
-    step = boxes.max() - boxes.min() + 1
-    return boxes + (class_id.to(boxes.dtype) * step)[:, None]
-
-
-def _greedy_keep(boxes: Tensor, position: Tensor, bounds: list[int], threshold: float) -> Tensor:
-    """Greedy NMS of class-separated boxes in ``position`` order, per group: a kept mask.
-
-    (Within a group, taking the boxes in global rather than place order lets early boxes
-    suppress more boxes before they are compared with the next kept box: less work.)
-    """
-    from torchvision.ops import nms as torchvision_nms
-
-    n = boxes.shape[0]
-    score = (n - position).to(boxes.dtype)
-    keep = [
-        torchvision_nms(boxes[lo:hi], score[lo:hi], threshold) + lo
-        for lo, hi in itertools.pairwise(bounds)
-    ]
-    kept = torch.zeros(n, dtype=torch.bool, device=boxes.device)
-    return kept.index_fill_(0, torch.cat(keep), True)
-
-
-def _absorbed_scores(
-    boxes: Tensor,
-    scores: Tensor,
-    class_end: Tensor,
-    kept: Tensor,
-    kept_place: Tensor,
-    threshold: float,
-) -> Tensor:
-    """Each kept box's score maxed with the scores of the boxes it eliminated, in place order.
-
-    ``boxes``, ``scores``, ``class_end`` (the end of each place's label run) and ``kept`` are in
-    class-major greedy order; ``kept_place`` are the places of the kept boxes. A suppressed box
-    was eliminated by the first kept box before it in its label run whose IoU with it is above
-    the threshold; only such pairs are formed.
-    """
-    kept_scores = scores.index_select(0, kept_place)
-    suppressed = ~kept
-    suppressed_place = suppressed.nonzero().squeeze(1)
-    if suppressed_place.numel() == 0:
-        return kept_scores
-    # Pairs: each kept box with the suppressed boxes after it in its label run.
-    suppressed_until = suppressed.cumsum(0)
-    first = suppressed_until.index_select(0, kept_place)
-    count = suppressed_until.index_select(0, class_end.index_select(0, kept_place) - 1) - first
-    columns = _box_columns(boxes)
-    eliminator = torch.full_like(suppressed_place, kept_place.numel())
-    for lo, hi, pair_end in _pair_chunks(count):
-        pair_start = pair_end - count[lo:hi]
-        pairs = int(pair_end[-1])
-        source = torch.bincount(pair_start, minlength=pairs + 1)[:pairs].cumsum_(0).sub_(1)
-        target = torch.arange(pairs, device=boxes.device)
-        target += (first[lo:hi] - pair_start).index_select(0, source)
-        source += lo
-        overlap = _paired_iou(
-            columns,
-            kept_place.index_select(0, source),
-            columns,
-            suppressed_place.index_select(0, target),
-        )
-        hit = (overlap > threshold).nonzero().squeeze(1)
-        source, target = source.index_select(0, hit), target.index_select(0, hit)
-        eliminator.scatter_reduce_(0, target, source, "amin")
-    absorbed = F.pad(kept_scores, (0, 1), value=-math.inf)
-    absorbed.scatter_reduce_(0, eliminator, scores.index_select(0, suppressed_place), "amax")
-    return absorbed[:-1]
-
-
-def _pair_chunks(count: Tensor) -> Iterator[tuple[int, int, Tensor]]:
-    """Runs ``lo:hi`` of kept boxes with about ``PAIR_CHUNK`` pairs in all (``count`` pairs per
-    kept box), each with the cumulative pair counts of its boxes."""
-    pair_end = count.cumsum(0)
-    if int(pair_end[-1]) <= PAIR_CHUNK:
-        yield 0, count.numel(), pair_end
-        return
-    bounds = [0, *_run_starts(pair_end, PAIR_CHUNK).tolist(), count.numel()]
-    for lo, hi in itertools.pairwise(bounds):
-        yield lo, hi, count[lo:hi].cumsum(0)
-
-
-def _box_columns(boxes: Tensor) -> list[Tensor]:
-    """``[x0, y0, x1, y1, area]`` of (N, 4) boxes as contiguous (N,) tensors."""
-    x0, y0, x1, y1 = boxes.t().contiguous()
-    return [x0, y0, x1, y1, (x1 - x0) * (y1 - y0)]
-
-
-def _paired_iou(
-    first: list[Tensor],
-    first_index: Tensor,
-    second: list[Tensor],
-    second_index: Tensor | None = None,
-) -> Tensor:
-    """IoU of box ``first_index[k]`` of ``first`` with box ``second_index[k]`` of ``second``.
-
-    Columns as from :func:`_box_columns`; without ``second_index`` the k-th box of ``second``.
-    torchvision's formula and operation order; two boxes of zero area give NaN (0 / 0).
-    """
-    a = [column.index_select(0, first_index) for column in first]
-    b = second if second_index is None else [c.index_select(0, second_index) for c in second]
-    width = torch.minimum(a[2], b[2]).sub_(torch.maximum(a[0], b[0])).clamp_min_(0)
-    height = torch.minimum(a[3], b[3]).sub_(torch.maximum(a[1], b[1])).clamp_min_(0)
-    inter = width.mul_(height)
-    return inter / (a[4] + b[4] - inter)
 
 
 def _check_boxes(boxes: Tensor) -> None:

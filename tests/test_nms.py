@@ -1,4 +1,6 @@
-"""NMS, IoU-guided NMS and Soft-NMS against literal float64 loops and torchvision."""
+"""NMS, IoU-guided NMS and Soft-NMS against literal float64 loops and torchvision; the op
+torch.ops.iounet.iou_nms under opcheck. Every test runs on the ops' device kernels and on their
+reference kernels (the conftest fixture `kernel`)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nms_oracle import as_lists, literal_iou, literal_iou_nms
 
-from iounet.plugins import native
+from iounet.plugins import nms_reference, reference_kernels
 from iounet.runtime import iou_nms, nms, soft_nms
-
-# The module, not the function of the same name that the package exports.
-from iounet.runtime import suppression as nms_module
 
 THRESHOLDS = [0.0, 0.3, 0.5, 0.7, 1.0]
 SEEDS = range(4)
@@ -42,13 +41,10 @@ def literal_nms(boxes, scores, labels, threshold):
     return keep
 
 
-@pytest.fixture(autouse=True, params=["native", "torch"])
-def iou_nms_implementation(request, monkeypatch):
-    """Run every test with iou_nms on the native library and on the PyTorch path."""
-    if request.param == "native" and not native.available():
-        pytest.skip("native library not built")
-    monkeypatch.setattr(nms_module, "USE_NATIVE", request.param == "native")
-    return request.param
+@pytest.fixture(autouse=True)
+def every_kernel(kernel):
+    """Every test runs on the device kernels and on the reference kernels."""
+    return kernel
 
 
 def literal_soft_nms(boxes, scores, labels, sigma, threshold, method, score_threshold):
@@ -141,12 +137,13 @@ def test_iou_nms_matches_algorithm_1_on_detections(threshold, labelled, dtype, d
 @pytest.mark.parametrize("labelled", [True, False], ids=["per-class", "agnostic"])
 @pytest.mark.parametrize(("group_size", "pair_chunk"), [(1, 1), (7, 50), (64, 1000), (256, 2**18)])
 def test_iou_nms_same_result_in_any_grouping(group_size, pair_chunk, labelled, monkeypatch):
-    # Greedy passes over groups of labels, score propagation over chunks of box pairs.
-    monkeypatch.setattr(nms_module, "CPU_GROUP_SIZE", group_size)
-    monkeypatch.setattr(nms_module, "PAIR_CHUNK", pair_chunk)
+    # The reference's greedy passes over groups of labels, score propagation over chunks of pairs.
+    monkeypatch.setattr(nms_reference, "CPU_GROUP_SIZE", group_size)
+    monkeypatch.setattr(nms_reference, "PAIR_CHUNK", pair_chunk)
     boxes, scores, ious, labels = detection_case(7, 400, 12)
     labels = labels if labelled else None
-    keep, kept_scores = iou_nms(boxes, scores, ious, labels, 0.5)
+    with reference_kernels():
+        keep, kept_scores = iou_nms(boxes, scores, ious, labels, 0.5)
     expected_keep, expected_scores = literal_iou_nms(boxes, scores, ious, labels, 0.5)
     assert keep.tolist() == expected_keep
     assert kept_scores.double().tolist() == expected_scores
@@ -209,6 +206,68 @@ def test_iou_nms_ties_go_to_the_lower_index():
     keep, kept_scores = iou_nms(boxes, scores, ious)
     assert keep.tolist() == [1, 3]
     assert kept_scores.tolist() == pytest.approx([0.7, 0.2])
+
+
+def _iou_nms_op_cases() -> dict[str, tuple]:
+    """Arguments of torch.ops.iounet.iou_nms: dtypes, label dtypes, thresholds, sizes, ties."""
+    grid = grid_case(0, 40, classes=3)
+    detections = detection_case(1, 150, 5)
+    one = detection_case(2, 1, 1)
+    return {
+        "grid_labels": (*grid, 0.5),
+        "grid_one_label": (*grid[:3], None, 0.3),
+        "grid_threshold_0": (*grid, 0.0),
+        "grid_threshold_1": (*grid[:3], None, 1.0),
+        "detections_float32": (*detections, 0.7),
+        "detections_int32_labels": (*detections[:3], detections[3].int(), 0.5),
+        "detections_float64_uint8_labels": (
+            *(t.double() for t in detections[:3]),
+            detections[3].to(torch.uint8),
+            0.5,
+        ),
+        "one_box": (*one, 0.5),
+        "no_boxes": (*(t[:0] for t in detections), 0.5),
+        "no_boxes_no_labels": (*(t[:0] for t in detections[:3]), None, 0.5),
+    }
+
+
+IOU_NMS_OP_CASES = _iou_nms_op_cases()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", sorted(IOU_NMS_OP_CASES))
+def test_iou_nms_op(case, device):
+    boxes, scores, ious, labels, threshold = IOU_NMS_OP_CASES[case]
+    moved = [None if t is None else t.to(device) for t in (boxes, scores, ious, labels)]
+    torch.library.opcheck(torch.ops.iounet.iou_nms.default, (*moved, threshold))
+    keep, kept_scores = torch.ops.iounet.iou_nms(*moved, threshold)
+    expected_keep, expected_scores = literal_iou_nms(boxes, scores, ious, labels, threshold)
+    assert keep.dtype == torch.int64 and kept_scores.dtype == scores.dtype
+    assert keep.device == kept_scores.device == moved[0].device
+    assert keep.tolist() == expected_keep
+    assert kept_scores.double().tolist() == expected_scores
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda b, s, i, la: (b[:, :3], s, i, la), ValueError, "boxes"),
+        (lambda b, s, i, la: (b.half(), s.half(), i.half(), la), TypeError, "boxes"),
+        (lambda b, s, i, la: (b, s[:1], i, la), ValueError, "scores"),
+        (lambda b, s, i, la: (b, s, i.float(), la), TypeError, "ious"),
+        (lambda b, s, i, la: (b, s, i, la.float()), TypeError, "labels"),
+        (lambda b, s, i, la: (b, s, i, la.to("meta")), ValueError, "labels"),
+    ],
+)
+def test_iou_nms_op_refuses_arguments_that_break_its_contract(change, error, match):
+    boxes, scores, ious, labels = change(*grid_case(0, 5, classes=2))
+    with pytest.raises(error, match=match):
+        torch.ops.iounet.iou_nms(boxes, scores, ious, labels, 0.5)
+
+
+def test_iou_nms_op_refuses_a_nan_threshold():
+    with pytest.raises(ValueError, match="iou_threshold"):
+        torch.ops.iounet.iou_nms(*grid_case(0, 5, classes=2), math.nan)
 
 
 # ---- NMS ----------------------------------------------------------------------------------------

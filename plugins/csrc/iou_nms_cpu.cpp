@@ -1,23 +1,12 @@
-// IoU-guided NMS on the CPU: greedy suppression in predicted-IoU order that also records, for
-// each kept box, the best classification score among the boxes it eliminates.
+// IoU-guided NMS on the CPU: one greedy run per label in predicted-IoU order, eliminating as it
+// goes, then the kept boxes of all labels merged in that order.
 #include "iou_nms_cpu.h"
+
+#include "box_iou.h"
 
 #include <algorithm>
 #include <numeric>
 #include <vector>
-
-namespace {
-
-double iou(const double* a, const double* b)
-{
-    const double w = std::min(a[2], b[2]) - std::max(a[0], b[0]);
-    const double h = std::min(a[3], b[3]) - std::max(a[1], b[1]);
-    const double inter = (w > 0 ? w : 0) * (h > 0 ? h : 0);
-    const double unite = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    return unite > 0 ? inter / unite : 0.0;
-}
-
-} // namespace
 
 extern "C" int iounet_iou_nms_f64(const double* boxes, const double* scores, const double* ious, const int64_t* labels,
     int64_t n, double threshold, int64_t* keep, double* kept_scores, int64_t* num_kept)
@@ -53,7 +42,7 @@ extern "C" int iounet_iou_nms_f64(const double* boxes, const double* scores, con
             for (int64_t q = p + 1; q < end; ++q)
             {
                 const int64_t j = order[q];
-                if (!eliminated[j] && iou(boxes + 4 * i, boxes + 4 * j) > threshold)
+                if (!eliminated[j] && iounet::boxIou(boxes + 4 * i, boxes + 4 * j) > threshold)
                 {
                     eliminated[j] = 1;
                     best = std::max(best, scores[j]);

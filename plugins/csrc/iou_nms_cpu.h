@@ -1,12 +1,10 @@
-/* C API of IoU-guided NMS (IoU-Net, Algorithm 1) on the CPU, part of libiounet_prroi_cpu.
+/* C API of IoU-guided NMS on the CPU, part of libiounet_prroi_cpu: the algorithm of the op
+ * torch.ops.iounet.iou_nms (plugins/iou_nms.py), IoUs in double (box_iou.h).
  *
- * Boxes (n, 4) x0, y0, x1, y1 are taken in decreasing order of predicted IoU `ious` (ties: lower
- * index first); a box not yet eliminated is kept, eliminates every remaining box of its label
- * (labels may be NULL: one label) whose IoU with it is greater than `threshold`, and takes the
- * highest score among itself and the boxes it eliminated. IoUs are computed in double as
- * inter / (area_a + area_b - inter); a pair with no union has IoU 0. Writes the kept indices in
- * that order to `keep`, their scores to `kept_scores` (both n long at least) and their count
- * to `num_kept`. Returns 0, or 1 for a negative n or a null pointer.
+ * boxes (n, 4) x0, y0, x1, y1, scores and predicted IoUs `ious` (n), labels (n) or NULL (one
+ * label). Writes the kept indices in the algorithm's order to `keep`, their scores to
+ * `kept_scores` (both n long at least) and their count to `num_kept`. Returns 0, or 1 for a
+ * negative n or a null pointer.
  */
 #ifndef IOUNET_IOU_NMS_CPU_H
 #define IOUNET_IOU_NMS_CPU_H

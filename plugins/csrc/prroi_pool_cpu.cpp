@@ -18,7 +18,7 @@ namespace iounet {
 namespace {
 
 #ifndef IOUNET_VERSION
-#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/_version.py)"
+#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/version.py)"
 #endif
 constexpr char kVersion[] = IOUNET_VERSION;
 

@@ -1,23 +1,14 @@
-// PrRoIPool and IoU-guided NMS CUDA kernels. Each kernel is a thin launch shell around the
-// __host__ __device__ bodies in prroi_pool_kernel_bodies.h (all arithmetic in float32 for
-// PrRoIPool), which the host test runs on the CPU with the same loops.
+// PrRoIPool CUDA kernels. Each kernel is a thin launch shell around the __host__ __device__ bodies
+// in prroi_pool_kernel_bodies.h (all arithmetic in float32), which the host test runs on the CPU
+// with the same loops.
 #include "prroi_pool_cuda.h"
 
+#include "cuda_launch.h"
 #include "prroi_pool_kernel_bodies.h"
-
-#include <algorithm>
-
-// Every launch is IOUNET_LAUNCH(grid, block, sharedBytes, stream, kernel)(arguments...): nvcc's
-// kernel<<<grid, block, sharedBytes, stream>>>(arguments...) here; the host emulation
-// (plugins/cuda_host) defines it to run the same kernel on CPU threads.
-#ifndef IOUNET_LAUNCH
-#define IOUNET_LAUNCH(grid, block, sharedBytes, stream, ...) __VA_ARGS__<<<grid, block, sharedBytes, stream>>>
-#endif
 
 namespace iounet {
 namespace {
 
-constexpr int kThreads = 256;
 static_assert(kCoordGradThreads == kThreads, "the coordinate-gradient block is a kThreads block");
 
 template <typename T>
@@ -33,12 +24,6 @@ template <>
 __device__ __half fromFloat<__half>(float v)
 {
     return __float2half_rn(v);
-}
-
-int blocksFor(int64_t count)
-{
-    const int64_t blocks = (count + kThreads - 1) / kThreads;
-    return static_cast<int>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535 * 8));
 }
 
 template <typename T, typename R>
@@ -127,30 +112,6 @@ cudaError_t finishFeatureGrad(__half* gradFeatures, float* workspace, int64_t co
     return cudaGetLastError();
 }
 
-// IoU-guided NMS: one thread per mask word, then one thread for the sequential pass.
-template <typename S>
-__global__ void iouNmsMaskKernel(
-    const S* boxes, const int64_t* labels, const int64_t* order, int64_t n, S threshold, uint64_t* mask)
-{
-    const int64_t words = nmsMaskWords(n);
-    const int64_t total = n * words;
-    for (int64_t index = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; index < total;
-         index += int64_t(gridDim.x) * blockDim.x)
-    {
-        mask[index] = iouNmsMaskWord(boxes, labels, order, n, threshold, index / words, index % words);
-    }
-}
-
-template <typename S>
-__global__ void iouNmsPassKernel(const uint64_t* mask, const S* scores, const int64_t* order, int64_t n,
-    uint64_t* removed, int64_t* keep, S* keptScores, int64_t* numKept)
-{
-    if (blockIdx.x == 0 && threadIdx.x == 0)
-    {
-        iouNmsSequentialPass(mask, scores, order, n, removed, keep, keptScores, numKept);
-    }
-}
-
 } // namespace
 
 template <typename T, typename R>
@@ -210,33 +171,6 @@ cudaError_t prroiPoolCudaProbe()
     return cudaFuncGetAttributes(&attributes, forwardKernel<float, float>);
 }
 
-int64_t iouNmsCudaWorkspaceBytes(int64_t n)
-{
-    const int64_t words = n > 0 ? nmsMaskWords(n) : 0;
-    return (n * words + words) * int64_t(sizeof(uint64_t));
-}
-
-template <typename S>
-cudaError_t iouNmsCuda(const S* boxes, const S* scores, const int64_t* order, const int64_t* labels, int64_t n,
-    S threshold, void* workspace, int64_t* keep, S* keptScores, int64_t* numKept, cudaStream_t stream)
-{
-    if (n <= 0)
-    {
-        return cudaMemsetAsync(numKept, 0, sizeof(int64_t), stream);
-    }
-    uint64_t* mask = static_cast<uint64_t*>(workspace);
-    uint64_t* removed = mask + n * nmsMaskWords(n);
-    IOUNET_LAUNCH(blocksFor(n * nmsMaskWords(n)), kThreads, 0, stream, iouNmsMaskKernel<S>)(
-        boxes, labels, order, n, threshold, mask);
-    cudaError_t status = cudaGetLastError();
-    if (status != cudaSuccess)
-    {
-        return status;
-    }
-    IOUNET_LAUNCH(1, 1, 0, stream, iouNmsPassKernel<S>)(mask, scores, order, n, removed, keep, keptScores, numKept);
-    return cudaGetLastError();
-}
-
 #define IOUNET_INSTANTIATE(T, R)                                                                                       \
     template cudaError_t prroiPoolForwardCuda<T, R>(const T*, const R*, T*, const PrRoIPoolShape&, cudaStream_t);     \
     template cudaError_t prroiPoolCoordGradCuda<T, R>(                                                                 \
@@ -247,10 +181,5 @@ cudaError_t iouNmsCuda(const S* boxes, const S* scores, const int64_t* order, co
 IOUNET_INSTANTIATE(float, float)
 IOUNET_INSTANTIATE(__half, __half)
 IOUNET_INSTANTIATE(__half, float)
-
-template cudaError_t iouNmsCuda<float>(const float*, const float*, const int64_t*, const int64_t*, int64_t, float,
-    void*, int64_t*, float*, int64_t*, cudaStream_t);
-template cudaError_t iouNmsCuda<double>(const double*, const double*, const int64_t*, const int64_t*, int64_t, double,
-    void*, int64_t*, double*, int64_t*, cudaStream_t);
 
 } // namespace iounet

@@ -1,6 +1,8 @@
-// C API of libiounet_prroi_cuda: argument checks, then the launchers of prroi_pool_cuda.cu.
+// C API of libiounet_prroi_cuda: argument checks, then the launchers of prroi_pool_cuda.cu and
+// iou_nms_cuda.cu.
 #include "prroi_pool_cuda_api.h"
 
+#include "iou_nms_cuda.h"
 #include "prroi_pool_cuda.h"
 
 #include <cmath>
@@ -8,7 +10,7 @@
 #include <limits>
 
 #ifndef IOUNET_VERSION
-#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/_version.py)"
+#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/version.py)"
 #endif
 
 namespace iounet {

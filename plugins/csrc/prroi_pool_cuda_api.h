@@ -79,19 +79,17 @@ int iounet_prroi_cuda_feature_grad_f16(const float* rois, const void* grad_outpu
  * 64-bit words; 0 for n <= 0, -1 when n is too large for 64-bit sizes). */
 int64_t iounet_iou_nms_cuda_workspace_bytes(int64_t n);
 
-/* IoU-guided NMS (IoU-Net, Algorithm 1) with no host round trip; the same result as
- * iounet_iou_nms_f64 of libiounet_prroi_cpu, except that IoUs are computed in the boxes' type
- * (the threshold rounded to it) and the GPU may fuse multiply-adds, which can flip an IoU that
- * lies within rounding of the threshold. The caller sorts: `order` (n, int64) must be a permutation of [0, n)
- * listing the boxes in decreasing predicted IoU, ties lower index first (e.g.
- * torch.argsort(ious, descending=True, stable=True)); it is not checked. boxes (n, 4) x0, y0, x1,
- * y1 and scores (n) are float32 (_f32) or float64 (_f64), labels (n) int64 or NULL (one label).
- * A box is kept unless an earlier kept box of its label has an IoU with it greater than
- * `threshold`; a kept box takes the highest score among itself and the boxes it eliminates.
- * Writes the kept indices in that order to keep (n int64), their scores to kept_scores (n) and
- * their count to num_kept (one int64), all device memory; the entries of keep and kept_scores
- * past the count are left as they were. `workspace` holds iounet_iou_nms_cuda_workspace_bytes(n)
- * bytes, 8-byte aligned. */
+/* IoU-guided NMS, the algorithm of the op torch.ops.iounet.iou_nms (plugins/iou_nms.py), with no
+ * host round trip; the same result as iounet_iou_nms_f64 of libiounet_prroi_cpu, except that IoUs
+ * are computed in the boxes' type (the threshold rounded to it) and the GPU may fuse multiply-adds,
+ * which can flip an IoU that lies within rounding of the threshold. The caller sorts: `order`
+ * (n, int64) must be a permutation of [0, n) listing the boxes in decreasing predicted IoU, ties
+ * lower index first (e.g. torch.argsort(ious, descending=True, stable=True)); it is not checked.
+ * boxes (n, 4) x0, y0, x1, y1 and scores (n) are float32 (_f32) or float64 (_f64), labels (n)
+ * int64 or NULL (one label). Writes the kept indices in that order to keep (n int64), their
+ * scores to kept_scores (n) and their count to num_kept (one int64), all device memory; the
+ * entries of keep and kept_scores past the count are left as they were. `workspace` holds
+ * iounet_iou_nms_cuda_workspace_bytes(n) bytes, 8-byte aligned. */
 int iounet_iou_nms_cuda_f32(const float* boxes, const float* scores, const int64_t* order, const int64_t* labels,
     int64_t n, double threshold, void* workspace, int64_t* keep, float* kept_scores, int64_t* num_kept, void* stream);
 int iounet_iou_nms_cuda_f64(const double* boxes, const double* scores, const int64_t* order, const int64_t* labels,

@@ -1,13 +1,11 @@
-// Bodies of the CUDA kernels (prroi_pool_cuda.cu): every kernel is a thin launch shell around these
+// Bodies of the PrRoIPool CUDA kernels (prroi_pool_cuda.cu): every kernel is a thin launch shell around these
 // __host__ __device__ functions, so the host test (tests/cpp/test_kernel_bodies.cpp) runs the same
 // arithmetic on the CPU over each kernel's whole index space, emulating the shells' loops.
 // Only host-executable code belongs here (no __CUDA_ARCH__ branches, atomics or barriers): the
 // coverage build checks that the host test executes every line of this header.
 //
-// PrRoIPool: all arithmetic in float32 whatever the storage types; T (features, grad_output) and
-// R (rois) need only a conversion to float (float, __half, or a host half type in the test).
-// IoU-guided NMS: a 64-bit mask word per (row, block of 64 columns) of the boxes in predicted-IoU
-// order, then one sequential pass over the rows (IoU-Net, Algorithm 1).
+// All arithmetic in float32 whatever the storage types; T (features, grad_output) and R (rois) need
+// only a conversion to float (float, __half, or a host half type in the test).
 #pragma once
 
 #include "prroi_pool_math.h"
@@ -32,9 +30,6 @@ struct PrRoIPoolShape
 //! Block size of the coordinate-gradient kernel (one block per box): the shared array that
 //! coordGradReduceStep works on has this many rows.
 constexpr int kCoordGradThreads = 256;
-
-//! Boxes per IoU-NMS mask word.
-constexpr int kNmsWordBits = 64;
 
 //! Position of one output element (k, c, ph, pw) of the (K, C, PH, PW) output.
 struct BinIndex
@@ -233,97 +228,6 @@ IOUNET_HD float featureGradWeightAt(const FeatureGradBin& bin, int i, int j)
 {
     const BinEdges& e = bin.edges;
     return bin.g * featureGradWeight(bin.box, e.xa, e.xb, e.ya, e.yb, i, j);
-}
-
-// ------------------------------------------------------------------------------------------------
-// IoU-guided NMS (IoU-Net, Algorithm 1). `order` lists the n boxes in the order the algorithm takes
-// them (decreasing predicted IoU, ties: lower index first); position p in it is row p of the mask.
-
-//! IoU of boxes a, b (x0, y0, x1, y1) as torchvision computes it: inter / (area_a + area_b - inter);
-//! 0 when there is no union (zero-area boxes).
-template <typename S>
-IOUNET_HD S boxIou(const S* a, const S* b)
-{
-    const S left = a[0] > b[0] ? a[0] : b[0];
-    const S right = a[2] < b[2] ? a[2] : b[2];
-    const S top = a[1] > b[1] ? a[1] : b[1];
-    const S bottom = a[3] < b[3] ? a[3] : b[3];
-    const S w = right - left;
-    const S h = bottom - top;
-    const S inter = (w > S(0) ? w : S(0)) * (h > S(0) ? h : S(0));
-    const S unite = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    return unite > S(0) ? inter / unite : S(0);
-}
-
-//! Number of 64-bit words of one mask row.
-IOUNET_HD int64_t nmsMaskWords(int64_t n)
-{
-    return (n + kNmsWordBits - 1) / kNmsWordBits;
-}
-
-//! Mask word `word` of row `row`: bit b set when the box at position q = word * 64 + b comes after
-//! the row's box (q > row), has its label (labels may be null: one label) and an IoU with it
-//! greater than `threshold`.
-template <typename S>
-IOUNET_HD uint64_t iouNmsMaskWord(const S* boxes, const int64_t* labels, const int64_t* order, int64_t n,
-    S threshold, int64_t row, int64_t word)
-{
-    const int64_t i = order[row];
-    const int64_t begin = word * kNmsWordBits;
-    const int64_t end = begin + kNmsWordBits < n ? begin + kNmsWordBits : n;
-    uint64_t bits = 0;
-    for (int64_t q = begin > row ? begin : row + 1; q < end; ++q)
-    {
-        const int64_t j = order[q];
-        if ((labels == nullptr || labels[i] == labels[j]) && boxIou(boxes + 4 * i, boxes + 4 * j) > threshold)
-        {
-            bits |= uint64_t(1) << (q - begin);
-        }
-    }
-    return bits;
-}
-
-//! The sequential pass over the n x nmsMaskWords(n) mask: a row not yet removed is kept, removes the
-//! rows its mask marks, and takes the highest score among itself and the rows it removes (those not
-//! removed before). Writes the kept indices (order[row]) in order to keep, their scores to
-//! keptScores and the count to numKept; `removed` is nmsMaskWords(n) words of scratch.
-template <typename S>
-IOUNET_HD void iouNmsSequentialPass(const uint64_t* mask, const S* scores, const int64_t* order, int64_t n,
-    uint64_t* removed, int64_t* keep, S* keptScores, int64_t* numKept)
-{
-    const int64_t words = nmsMaskWords(n);
-    for (int64_t w = 0; w < words; ++w)
-    {
-        removed[w] = 0;
-    }
-    int64_t kept = 0;
-    for (int64_t row = 0; row < n; ++row)
-    {
-        if ((removed[row / kNmsWordBits] >> (row % kNmsWordBits)) & 1)
-        {
-            continue;
-        }
-        const int64_t i = order[row];
-        S best = scores[i];
-        const uint64_t* bits = mask + row * words;
-        for (int64_t w = row / kNmsWordBits; w < words; ++w)
-        {
-            uint64_t fresh = bits[w] & ~removed[w];
-            removed[w] |= fresh;
-            for (int64_t q = w * kNmsWordBits; fresh != 0; ++q, fresh >>= 1)
-            {
-                if (fresh & 1)
-                {
-                    const S score = scores[order[q]];
-                    best = score > best ? score : best;
-                }
-            }
-        }
-        keep[kept] = i;
-        keptScores[kept] = best;
-        ++kept;
-    }
-    *numKept = kept;
 }
 
 } // namespace iounet
