@@ -12,11 +12,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define IOUNET_HD __host__ __device__ __forceinline__
-#else
-#define IOUNET_HD inline
-#endif
+#include "host_device.h"
 
 namespace iounet {
 
@@ -123,23 +119,30 @@ IOUNET_HD S binEdge(S origin, S binSize, int q)
     return origin + binSize * S(q);
 }
 
-//! Integral of one channel plane (H x W, row-major) over [xa, xb] x [ya, yb].
-template <typename S, typename T>
-IOUNET_HD S binIntegral(const T* plane, int height, int width, S xa, S xb, S ya, S yb)
+//! sum over i in sy of wy(i) * (sum over j in sx of wx(j) * plane[i * width + j]) for one channel plane
+//! (row-major, `width` columns): an integral of the surface with the weights wx, wy of one axis each.
+template <typename S, typename T, typename WeightX, typename WeightY>
+IOUNET_HD S separableSum(const T* plane, int width, Span sx, Span sy, WeightX wx, WeightY wy)
 {
-    const Span sx = gridSpan(xa, xb, width);
-    const Span sy = gridSpan(ya, yb, height);
     S total = S(0);
     for (int i = sy.begin; i < sy.end; ++i)
     {
         S row = S(0);
         for (int j = sx.begin; j < sx.end; ++j)
         {
-            row += cellIntegral(xa, xb, j) * static_cast<S>(plane[i * width + j]);
+            row += wx(j) * static_cast<S>(plane[i * width + j]);
         }
-        total += cellIntegral(ya, yb, i) * row;
+        total += wy(i) * row;
     }
     return total;
+}
+
+//! Integral of one channel plane (H x W, row-major) over [xa, xb] x [ya, yb].
+template <typename S, typename T>
+IOUNET_HD S binIntegral(const T* plane, int height, int width, S xa, S xb, S ya, S yb)
+{
+    return separableSum<S>(plane, width, gridSpan(xa, xb, width), gridSpan(ya, yb, height),
+        [=](int j) { return cellIntegral(xa, xb, j); }, [=](int i) { return cellIntegral(ya, yb, i); });
 }
 
 //! The surface integrated (weights wy: bin integrals) or interpolated (hat weights) along y, for
@@ -212,38 +215,16 @@ IOUNET_HD void weightedDot(Span sx, const S* wx, const S* values, int offset, in
 template <typename S, typename T>
 IOUNET_HD S verticalLineIntegral(const T* plane, int height, int width, S x, S ya, S yb)
 {
-    const Span sx = gridSpan(x, x, width);
-    const Span sy = gridSpan(ya, yb, height);
-    S total = S(0);
-    for (int i = sy.begin; i < sy.end; ++i)
-    {
-        S value = S(0);
-        for (int j = sx.begin; j < sx.end; ++j)
-        {
-            value += hat(x - S(j)) * static_cast<S>(plane[i * width + j]);
-        }
-        total += cellIntegral(ya, yb, i) * value;
-    }
-    return total;
+    return separableSum<S>(plane, width, gridSpan(x, x, width), gridSpan(ya, yb, height),
+        [=](int j) { return hat(x - S(j)); }, [=](int i) { return cellIntegral(ya, yb, i); });
 }
 
 //! Line integral of the surface along the horizontal line y over [xa, xb].
 template <typename S, typename T>
 IOUNET_HD S horizontalLineIntegral(const T* plane, int height, int width, S y, S xa, S xb)
 {
-    const Span sx = gridSpan(xa, xb, width);
-    const Span sy = gridSpan(y, y, height);
-    S total = S(0);
-    for (int i = sy.begin; i < sy.end; ++i)
-    {
-        S value = S(0);
-        for (int j = sx.begin; j < sx.end; ++j)
-        {
-            value += cellIntegral(xa, xb, j) * static_cast<S>(plane[i * width + j]);
-        }
-        total += hat(y - S(i)) * value;
-    }
-    return total;
+    return separableSum<S>(plane, width, gridSpan(xa, xb, width), gridSpan(y, y, height),
+        [=](int j) { return cellIntegral(xa, xb, j); }, [=](int i) { return hat(y - S(i)); });
 }
 
 //! Integral and line integrals along the four edges of one bin (any linear combination of

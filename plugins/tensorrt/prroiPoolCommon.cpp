@@ -24,8 +24,6 @@ namespace iounet
 namespace
 {
 
-constexpr int32_t kSUCCESS = 0;
-constexpr int32_t kFAILURE = 1;
 constexpr int64_t kROI_COLUMNS = 5;
 constexpr char kPOOLED_HEIGHT[] = "pooled_height";
 constexpr char kPOOLED_WIDTH[] = "pooled_width";
@@ -145,35 +143,34 @@ PluginField const* findField(PluginFieldCollection const& fc, char const* name) 
     return nullptr;
 }
 
-//! Reads one positive int32 from a kINT32 (or, from TensorRT 10, kINT64) field; returns what is wrong, or nullptr.
-char const* readPositiveInt(PluginField const* field, int32_t& value) noexcept
+//! If the field has the given type, reads its one value, stored as a Stored, into value and returns true; else
+//! returns false and leaves value as it is.
+template <typename Stored, typename Value>
+bool readAs(PluginField const& field, PluginFieldType type, Value& value) noexcept
 {
-    if (field == nullptr)
+    if (field.type != type)
     {
-        return "is missing";
+        return false;
     }
-    if (field->data == nullptr || field->length != 1)
-    {
-        return "must hold exactly one value";
-    }
+    Stored stored{};
+    std::memcpy(&stored, field.data, sizeof(stored));
+    value = static_cast<Value>(stored);
+    return true;
+}
+
+//! Reads a positive int32 from a one-value kINT32 (or, from TensorRT 10, kINT64) field; returns what is wrong, or
+//! nullptr.
+char const* readPositive(PluginField const& field, int32_t& value) noexcept
+{
     int64_t wide = 0;
-    if (field->type == PluginFieldType::kINT32)
-    {
-        int32_t narrow = 0;
-        std::memcpy(&narrow, field->data, sizeof(narrow));
-        wide = narrow;
-    }
 #if NV_TENSORRT_MAJOR >= 10
-    else if (field->type == PluginFieldType::kINT64)
-    {
-        std::memcpy(&wide, field->data, sizeof(wide));
-    }
-    else
+    if (!readAs<int32_t>(field, PluginFieldType::kINT32, wide)
+        && !readAs<int64_t>(field, PluginFieldType::kINT64, wide))
     {
         return "must be an INT32 or INT64 field";
     }
 #else
-    else
+    if (!readAs<int32_t>(field, PluginFieldType::kINT32, wide))
     {
         return "must be an INT32 field";
     }
@@ -186,29 +183,12 @@ char const* readPositiveInt(PluginField const* field, int32_t& value) noexcept
     return nullptr;
 }
 
-//! Reads one positive finite float from a kFLOAT32 or kFLOAT64 field; returns what is wrong, or nullptr.
-char const* readPositiveFloat(PluginField const* field, float& value) noexcept
+//! Reads a positive finite float from a one-value kFLOAT32 or kFLOAT64 field; returns what is wrong, or nullptr.
+char const* readPositive(PluginField const& field, float& value) noexcept
 {
-    if (field == nullptr)
-    {
-        return "is missing";
-    }
-    if (field->data == nullptr || field->length != 1)
-    {
-        return "must hold exactly one value";
-    }
     float narrow = 0.0F;
-    if (field->type == PluginFieldType::kFLOAT32)
-    {
-        std::memcpy(&narrow, field->data, sizeof(narrow));
-    }
-    else if (field->type == PluginFieldType::kFLOAT64)
-    {
-        double wide = 0.0;
-        std::memcpy(&wide, field->data, sizeof(wide));
-        narrow = static_cast<float>(wide);
-    }
-    else
+    if (!readAs<float>(field, PluginFieldType::kFLOAT32, narrow)
+        && !readAs<double>(field, PluginFieldType::kFLOAT64, narrow))
     {
         return "must be a FLOAT32 or FLOAT64 field";
     }
@@ -218,6 +198,22 @@ char const* readPositiveFloat(PluginField const* field, float& value) noexcept
     }
     value = narrow;
     return nullptr;
+}
+
+//! Reads the attribute called name, one positive value (readPositive), into value; returns what is wrong, or nullptr.
+template <typename Value>
+char const* readAttribute(PluginFieldCollection const& fc, char const* name, Value& value) noexcept
+{
+    PluginField const* const field = findField(fc, name);
+    if (field == nullptr)
+    {
+        return "is missing";
+    }
+    if (field->data == nullptr || field->length != 1)
+    {
+        return "must hold exactly one value";
+    }
+    return readPositive(*field, value);
 }
 
 template <typename T>
@@ -310,16 +306,16 @@ std::optional<PrRoIPoolParams> parsePrRoIPoolFields(
     }
     PrRoIPoolParams params{};
     bool valid = true;
-    auto const check = [&](char const* attribute, char const* problem) {
-        if (problem != nullptr)
+    auto const read = [&](char const* attribute, auto& value) {
+        if (char const* const problem = readAttribute(*fc, attribute, value))
         {
             reportError("%s node '%s': attribute '%s' %s", pluginName, node, attribute, problem);
             valid = false;
         }
     };
-    check(kPOOLED_HEIGHT, readPositiveInt(findField(*fc, kPOOLED_HEIGHT), params.pooledHeight));
-    check(kPOOLED_WIDTH, readPositiveInt(findField(*fc, kPOOLED_WIDTH), params.pooledWidth));
-    check(kSPATIAL_SCALE, readPositiveFloat(findField(*fc, kSPATIAL_SCALE), params.spatialScale));
+    read(kPOOLED_HEIGHT, params.pooledHeight);
+    read(kPOOLED_WIDTH, params.pooledWidth);
+    read(kSPATIAL_SCALE, params.spatialScale);
     return valid ? std::optional<PrRoIPoolParams>(params) : std::nullopt;
 }
 

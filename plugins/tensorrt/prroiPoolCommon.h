@@ -1,7 +1,7 @@
 // What the PrRoIPool TensorRT plugins share whichever TensorRT plugin interface they implement (IPluginV3 from
-// TensorRT 10, IPluginV2DynamicExt for TensorRT 8.5 and 8.6): the attributes, the shape rules, the type and format
-// rules, the dispatch into the CUDA launchers of plugins/csrc/prroi_pool_cuda.h, error reporting and the entry points
-// every version of the library exports.
+// TensorRT 10, IPluginV2DynamicExt for TensorRT 8.5 and 8.6): the attributes, what the creators have in common,
+// the shape rules, the type and format rules, the dispatch into the CUDA launchers of plugins/csrc/prroi_pool_cuda.h,
+// error reporting and the entry points every version of the library exports.
 //
 // Two ops, both plugin version "1" in the empty namespace, so that ONNX nodes of these op types (including mmcv's
 // PrRoIPool) find them: PrRoIPool (forward) and PrRoIPoolCoordGrad (gradient w.r.t. the boxes).
@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <iterator>
 #include <optional>
 
 #if NV_TENSORRT_MAJOR < 8 || (NV_TENSORRT_MAJOR == 8 && NV_TENSORRT_MINOR < 5) || NV_TENSORRT_MAJOR == 9
@@ -37,9 +38,13 @@ namespace iounet
 constexpr char const* kPRROI_POOL_PLUGIN_VERSION = "1";
 constexpr char const* kPRROI_POOL_PLUGIN_NAMESPACE = "";
 #ifndef IOUNET_VERSION
-#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/_version.py)"
+#error "IOUNET_VERSION is not defined: the CMake build passes it (read from iounet/version.py)"
 #endif
 constexpr char const* kPRROI_POOL_LIBRARY_VERSION = IOUNET_VERSION;
+
+//! What the plugin methods that return an int32 status return.
+constexpr int32_t kSUCCESS = 0;
+constexpr int32_t kFAILURE = 1;
 
 //! The two ops.
 enum class PrRoIPoolKind : int32_t
@@ -171,6 +176,56 @@ private:
     PrRoIPoolKind mKind;
     PrRoIPoolParams mParams;
 };
+
+//! The part of the creator of one op that does not depend on the plugin interface: its name, version and field list.
+//! Base is the creator interface: IPluginCreatorV3One (TensorRT 10 and later) or IPluginCreator (8.5, 8.6).
+template <typename Base>
+class PrRoIPoolCreatorBase : public Base
+{
+public:
+    explicit PrRoIPoolCreatorBase(PrRoIPoolKind kind) noexcept
+        : mKind(kind)
+    {
+    }
+
+    char const* getPluginName() const noexcept override
+    {
+        return prroiPoolPluginName(mKind);
+    }
+
+    char const* getPluginVersion() const noexcept override
+    {
+        return kPRROI_POOL_PLUGIN_VERSION;
+    }
+
+    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override
+    {
+        return prroiPoolFieldNames();
+    }
+
+protected:
+    //! The op with the attributes of fc, or nothing (reported) when one is missing or invalid.
+    std::optional<PrRoIPoolOp> parseOp(char const* name, nvinfer1::PluginFieldCollection const* fc) const noexcept
+    {
+        std::optional<PrRoIPoolParams> const params = parsePrRoIPoolFields(getPluginName(), name, fc);
+        return params ? std::optional<PrRoIPoolOp>(PrRoIPoolOp(mKind, *params)) : std::nullopt;
+    }
+
+private:
+    PrRoIPoolKind mKind;
+};
+
+//! The library's creators, one Creator (a PrRoIPoolCreatorBase) per op, as the Interface pointers of its entry point
+//! (getCreators or getPluginCreators); sets nbCreators to their count.
+template <typename Creator, typename Interface>
+Interface* const* prroiPoolCreators(int32_t& nbCreators) noexcept
+{
+    static Creator forward(PrRoIPoolKind::kFORWARD);
+    static Creator coordGrad(PrRoIPoolKind::kCOORD_GRAD);
+    static Interface* const creators[] = {&forward, &coordGrad};
+    nbCreators = static_cast<int32_t>(std::size(creators));
+    return creators;
+}
 
 } // namespace iounet
 

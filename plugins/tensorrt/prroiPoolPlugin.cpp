@@ -1,7 +1,6 @@
 // The IPluginV3 PrRoIPool plugins, their creators and the loadLibrary entry point of TensorRT 10 and later.
 #include "prroiPoolPlugin.h"
 
-#include <iterator>
 #include <new>
 #include <optional>
 
@@ -16,13 +15,6 @@ using nvinfer1::PluginTensorDesc;
 
 namespace iounet
 {
-namespace
-{
-
-constexpr int32_t kSUCCESS = 0;
-constexpr int32_t kFAILURE = 1;
-
-} // namespace
 
 // ---------------------------------------------------------------------------------------------------------------------
 // PrRoIPoolPlugin
@@ -132,45 +124,21 @@ PluginFieldCollection const* PrRoIPoolPlugin::getFieldsToSerialize() noexcept
 // ---------------------------------------------------------------------------------------------------------------------
 // PrRoIPoolCreator
 
-PrRoIPoolCreator::PrRoIPoolCreator(PrRoIPoolKind kind) noexcept
-    : mKind(kind)
-{
-}
-
-char const* PrRoIPoolCreator::getPluginName() const noexcept
-{
-    return prroiPoolPluginName(mKind);
-}
-
-char const* PrRoIPoolCreator::getPluginVersion() const noexcept
-{
-    return kPRROI_POOL_PLUGIN_VERSION;
-}
-
 char const* PrRoIPoolCreator::getPluginNamespace() const noexcept
 {
     return kPRROI_POOL_PLUGIN_NAMESPACE;
 }
 
-PluginFieldCollection const* PrRoIPoolCreator::getFieldNames() noexcept
-{
-    return prroiPoolFieldNames();
-}
-
 IPluginV3* PrRoIPoolCreator::createPlugin(
     char const* name, PluginFieldCollection const* fc, nvinfer1::TensorRTPhase /*phase*/) noexcept
 {
-    std::optional<PrRoIPoolParams> const params = parsePrRoIPoolFields(getPluginName(), name, fc);
-    return params ? new (std::nothrow) PrRoIPoolPlugin(PrRoIPoolOp(mKind, *params)) : nullptr;
+    std::optional<PrRoIPoolOp> const op = parseOp(name, fc);
+    return op ? new (std::nothrow) PrRoIPoolPlugin(*op) : nullptr;
 }
 
 } // namespace iounet
 
 extern "C" nvinfer1::IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
 {
-    static iounet::PrRoIPoolCreator forward(iounet::PrRoIPoolKind::kFORWARD);
-    static iounet::PrRoIPoolCreator coordGrad(iounet::PrRoIPoolKind::kCOORD_GRAD);
-    static nvinfer1::IPluginCreatorInterface* const creators[] = {&forward, &coordGrad};
-    nbCreators = static_cast<int32_t>(std::size(creators));
-    return creators;
+    return iounet::prroiPoolCreators<iounet::PrRoIPoolCreator, nvinfer1::IPluginCreatorInterface>(nbCreators);
 }

@@ -63,22 +63,16 @@ private:
 };
 
 //! Creator of the plugin of one op from the three attributes.
-class PrRoIPoolCreator final : public nvinfer1::IPluginCreatorV3One
+class PrRoIPoolCreator final : public PrRoIPoolCreatorBase<nvinfer1::IPluginCreatorV3One>
 {
 public:
-    explicit PrRoIPoolCreator(PrRoIPoolKind kind) noexcept;
+    using PrRoIPoolCreatorBase::PrRoIPoolCreatorBase;
 
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
     char const* getPluginNamespace() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
 
     //! Same fields in both phases; nullptr (reported) when an attribute is missing or invalid.
     nvinfer1::IPluginV3* createPlugin(
         char const* name, nvinfer1::PluginFieldCollection const* fc, nvinfer1::TensorRTPhase phase) noexcept override;
-
-private:
-    PrRoIPoolKind mKind;
 };
 
 } // namespace iounet

@@ -4,7 +4,6 @@
 #include <cinttypes>
 #include <cstring>
 #include <exception>
-#include <iterator>
 #include <new>
 #include <optional>
 #include <tuple>
@@ -175,30 +174,19 @@ int32_t PrRoIPoolPluginV2::enqueue(PluginTensorDesc const* inputDesc, PluginTens
 // ---------------------------------------------------------------------------------------------------------------------
 // PrRoIPoolCreatorV2
 
-PrRoIPoolCreatorV2::PrRoIPoolCreatorV2(PrRoIPoolKind kind) noexcept
-    : mKind(kind)
-{
-}
-
-char const* PrRoIPoolCreatorV2::getPluginName() const noexcept
-{
-    return prroiPoolPluginName(mKind);
-}
-
-char const* PrRoIPoolCreatorV2::getPluginVersion() const noexcept
-{
-    return kPRROI_POOL_PLUGIN_VERSION;
-}
-
-PluginFieldCollection const* PrRoIPoolCreatorV2::getFieldNames() noexcept
-{
-    return prroiPoolFieldNames();
-}
-
 IPluginV2DynamicExt* PrRoIPoolCreatorV2::createPlugin(char const* name, PluginFieldCollection const* fc) noexcept
 {
-    std::optional<PrRoIPoolParams> const params = parsePrRoIPoolFields(getPluginName(), name, fc);
-    return params ? makePlugin(*params) : nullptr;
+    std::optional<PrRoIPoolOp> const op = parseOp(name, fc);
+    if (!op)
+    {
+        return nullptr;
+    }
+    auto* plugin = new (std::nothrow) PrRoIPoolPluginV2(*op);
+    if (plugin != nullptr)
+    {
+        plugin->setPluginNamespace(mNamespace.c_str());
+    }
+    return plugin;
 }
 
 IPluginV2DynamicExt* PrRoIPoolCreatorV2::deserializePlugin(
@@ -231,23 +219,9 @@ char const* PrRoIPoolCreatorV2::getPluginNamespace() const noexcept
     return mNamespace.c_str();
 }
 
-PrRoIPoolPluginV2* PrRoIPoolCreatorV2::makePlugin(PrRoIPoolParams const& params) const noexcept
-{
-    auto* plugin = new (std::nothrow) PrRoIPoolPluginV2(PrRoIPoolOp(mKind, params));
-    if (plugin != nullptr)
-    {
-        plugin->setPluginNamespace(mNamespace.c_str());
-    }
-    return plugin;
-}
-
 } // namespace iounet
 
 extern "C" nvinfer1::IPluginCreator* const* getPluginCreators(int32_t& nbCreators)
 {
-    static iounet::PrRoIPoolCreatorV2 forward(iounet::PrRoIPoolKind::kFORWARD);
-    static iounet::PrRoIPoolCreatorV2 coordGrad(iounet::PrRoIPoolKind::kCOORD_GRAD);
-    static nvinfer1::IPluginCreator* const creators[] = {&forward, &coordGrad};
-    nbCreators = static_cast<int32_t>(std::size(creators));
-    return creators;
+    return iounet::prroiPoolCreators<iounet::PrRoIPoolCreatorV2, nvinfer1::IPluginCreator>(nbCreators);
 }

@@ -70,14 +70,10 @@ private:
 };
 
 //! Creator of the plugin of one op, from the three attributes or from a serialized plugin.
-class PrRoIPoolCreatorV2 final : public nvinfer1::IPluginCreator
+class PrRoIPoolCreatorV2 final : public PrRoIPoolCreatorBase<nvinfer1::IPluginCreator>
 {
 public:
-    explicit PrRoIPoolCreatorV2(PrRoIPoolKind kind) noexcept;
-
-    char const* getPluginName() const noexcept override;
-    char const* getPluginVersion() const noexcept override;
-    nvinfer1::PluginFieldCollection const* getFieldNames() noexcept override;
+    using PrRoIPoolCreatorBase::PrRoIPoolCreatorBase;
 
     //! nullptr (reported) when an attribute is missing or invalid.
     nvinfer1::IPluginV2DynamicExt* createPlugin(
@@ -92,10 +88,6 @@ public:
     char const* getPluginNamespace() const noexcept override;
 
 private:
-    //! A plugin of the creator's op and namespace, or nullptr.
-    PrRoIPoolPluginV2* makePlugin(PrRoIPoolParams const& params) const noexcept;
-
-    PrRoIPoolKind mKind;
     std::string mNamespace{kPRROI_POOL_PLUGIN_NAMESPACE};
 };
 
