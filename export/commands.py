@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from iounet.training.commands import add_output_arguments
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the export subcommand to the `iounet` parser."""
@@ -16,8 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="IoU-Net checkpoint (iounet train) or pytracking checkpoint (.pth.tar)",
     )
-    export.add_argument("--out", type=Path, required=True, help="model folder to create")
-    export.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_output_arguments(export, "model folder to create")
     export.add_argument(
         "--fp16", action="store_true", help="also write fp16 graphs (for fp16 TensorRT engines)"
     )

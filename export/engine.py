@@ -16,9 +16,10 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, NoReturn, TypedDict, cast
 
-from iounet._version import __version__
+from iounet import version
 from iounet.export.manifest import DETECTOR_ROLES, GRAPH_ROLES, PRECISIONS, Manifest
 from iounet.export.manifest_format import load_strict_json, sha256_file
 from iounet.export.model_folder import load_model_manifest
@@ -26,6 +27,8 @@ from iounet.files import atomic_path, check_output
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
 
 if TYPE_CHECKING:
+    import tensorrt
+
     from iounet.export.tracking_manifest import TrackingManifest
 
 ENGINES_FOLDER = "engines"
@@ -46,6 +49,42 @@ TENSORRT_FOR_OPSET = {17: "8.5", 20: "10"}
 Range = tuple[int, int, int]
 SizeRange = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
 Shapes = tuple[list[int], list[int], list[int]]
+
+
+class FileEntry(TypedDict):
+    """A file of the folder and its sha256."""
+
+    file: str
+    sha256: str
+
+
+class ProfileEntry(TypedDict):
+    """One input's shapes in an engine's optimization profile."""
+
+    min: list[int]
+    opt: list[int]
+    max: list[int]
+
+
+class EngineEntry(FileEntry):
+    """One engine of ``engines.json``: its file, the ONNX graph it was built from and its
+    optimization profile, by input name."""
+
+    onnx: FileEntry
+    profile: dict[str, ProfileEntry]
+
+
+class EngineMetadata(TypedDict):
+    """``engines.json``: how and from what the engines of one precision were built."""
+
+    format: str
+    format_version: int
+    precision: str
+    versions: dict[str, str]
+    boxes: list[int]
+    image_size: list[list[int]]
+    workspace_mb: int | None
+    engines: dict[str, EngineEntry]
 
 
 def _precision_hint(manifest: Manifest | TrackingManifest) -> str:
@@ -145,11 +184,11 @@ def engine_profiles(
     return profiles
 
 
-def _is_size(dim: Any) -> bool:
+def _is_size(dim: int | str) -> bool:
     return isinstance(dim, int) and not isinstance(dim, bool) and dim > 0
 
 
-def _fixed(dims: list[Any], where: str) -> list[int]:
+def _fixed(dims: list[int | str], where: str) -> list[int]:
     if not all(_is_size(d) for d in dims):
         raise ValueError(f"{where} has dimensions {dims}; expected fixed positive sizes")
     return list(dims)
@@ -199,7 +238,7 @@ def build_engines(
     )
 
     with output.staged() as staging:
-        engines = {}
+        engines: dict[str, EngineEntry] = {}
         for role in manifest.roles():
             graph = manifest.graph(role, precision)
             profile = engine_profiles(manifest, role, boxes, image_size, precision)
@@ -211,18 +250,18 @@ def build_engines(
                 "sha256": hashlib.sha256(data).hexdigest(),
                 "onnx": {"file": graph.file, "sha256": graph.sha256},
                 "profile": {
-                    name: dict(zip(("min", "opt", "max"), shapes, strict=True))
-                    for name, shapes in profile.items()
+                    name: ProfileEntry(min=low, opt=opt, max=high)
+                    for name, (low, opt, high) in profile.items()
                 },
             }
-        metadata = {
+        metadata: EngineMetadata = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "precision": precision,
             "versions": {
                 "tensorrt": trt.__version__,
                 "plugin_library": plugin_version,
-                "iounet": __version__,
+                "iounet": version.__version__,
             },
             "boxes": list(boxes),
             "image_size": [list(size) for size in image_size],
@@ -244,7 +283,11 @@ class _Builder:
     `opset_note` (``tensorrt_note``) ends the message of a graph TensorRT cannot parse."""
 
     def __init__(
-        self, trt: Any, workspace_mb: int | None, timing_cache: Path | None, opset_note: str
+        self,
+        trt: ModuleType,
+        workspace_mb: int | None,
+        timing_cache: Path | None,
+        opset_note: str,
     ) -> None:
         self.trt = trt
         self.opset_note = opset_note
@@ -289,7 +332,7 @@ class _Builder:
             )
         return bytes(serialized)
 
-    def _attach_timing_cache(self, config: Any) -> None:
+    def _attach_timing_cache(self, config: tensorrt.IBuilderConfig) -> None:
         if self.cache_path is None:
             return
         if self.cache is None:
@@ -313,7 +356,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def load_engine_metadata(
     folder: str | os.PathLike, roles: tuple[str, ...] = GRAPH_ROLES
-) -> dict[str, Any]:
+) -> EngineMetadata:
     """The checked ``engines.json`` of an engine folder with the engines of `roles` (those of a
     detection model unless told; ``Manifest.roles()`` for a folder that may hold the detector,
     ``TRACKING_ROLES`` for a tracking model)."""
@@ -325,12 +368,13 @@ def load_engine_metadata(
             f"build them with `iounet build-engine`"
         )
     data = load_strict_json(path, ValueError)
-    _check_structure(path, data, roles)
-    return data
+    return _checked_metadata(path, data, roles)
 
 
-def _check_structure(path: Path, data: Any, roles: tuple[str, ...]) -> None:
-    def fail(problem: str) -> None:
+def _checked_metadata(path: Path, data: object, roles: tuple[str, ...]) -> EngineMetadata:
+    """`data` (the JSON of ``engines.json`` at `path`) once its structure is checked."""
+
+    def fail(problem: str) -> NoReturn:
         raise ValueError(f"{path}: {problem}; rebuild the engines with `iounet build-engine`")
 
     if not isinstance(data, dict):
@@ -365,9 +409,10 @@ def _check_structure(path: Path, data: Any, roles: tuple[str, ...]) -> None:
             and all(_is_profile(p) for p in entry["profile"].values())
         ):
             fail(f"engines.{role} needs file, sha256, onnx {{file, sha256}} and profile")
+    return cast(EngineMetadata, data)
 
 
-def _is_int_list(value: Any, length: int | None = None) -> bool:
+def _is_int_list(value: object, length: int | None = None) -> bool:
     return (
         isinstance(value, list)
         and (length is None or len(value) == length)
@@ -375,7 +420,7 @@ def _is_int_list(value: Any, length: int | None = None) -> bool:
     )
 
 
-def _is_file_entry(entry: Any) -> bool:
+def _is_file_entry(entry: object) -> bool:
     return (
         isinstance(entry, dict)
         and isinstance(entry.get("file"), str)
@@ -384,7 +429,7 @@ def _is_file_entry(entry: Any) -> bool:
     )
 
 
-def _is_profile(profile: Any) -> bool:
+def _is_profile(profile: object) -> bool:
     return (
         isinstance(profile, dict)
         and all(_is_int_list(profile.get(k)) for k in ("min", "opt", "max"))
@@ -393,7 +438,7 @@ def _is_profile(profile: Any) -> bool:
 
 
 def check_engine_metadata(
-    metadata: dict[str, Any],
+    metadata: EngineMetadata,
     *,
     tensorrt_version: str,
     plugin_version: str,
@@ -438,7 +483,7 @@ def check_engine_metadata(
             )
 
 
-def _rebuild_hint(manifest: Manifest | TrackingManifest, metadata: dict[str, Any]) -> str:
+def _rebuild_hint(manifest: Manifest | TrackingManifest, metadata: EngineMetadata) -> str:
     boxes = ":".join(str(b) for b in metadata["boxes"])
     sizes = ":".join(f"{h}x{w}" for h, w in metadata["image_size"])
     return (
@@ -448,7 +493,7 @@ def _rebuild_hint(manifest: Manifest | TrackingManifest, metadata: dict[str, Any
 
 
 def check_within_profile(
-    metadata: dict[str, Any], role: str, name: str, shape: tuple[int, ...]
+    metadata: EngineMetadata, role: str, name: str, shape: tuple[int, ...]
 ) -> None:
     """Raise ValueError when an input shape lies outside the engine's optimization profile."""
     profile = metadata["engines"][role]["profile"].get(name)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from iounet._version import __version__
+from iounet import version
 from iounet.export.manifest_format import (
     DEFAULT_OPSET,
     OPSETS,
@@ -139,4 +139,8 @@ def export_versions() -> dict[str, str]:
     """The versions of the software that exports the graphs (the manifest's ``versions``)."""
     import onnx
 
-    return {"iounet": __version__, "torch": str(torch.__version__), "onnx": onnx.__version__}
+    return {
+        "iounet": version.__version__,
+        "torch": str(torch.__version__),
+        "onnx": onnx.__version__,
+    }

@@ -1,4 +1,5 @@
-"""The four deployment graphs of an IoU-Net, as modules that torch.onnx exports.
+"""The four deployment graphs of an IoU-Net, as modules that torch.onnx exports; each class is
+named after the manifest role of its graph (``backbone``, ``head``, ``iou_grad``, ``refine_step``).
 
 * ``BackboneGraph``: image (N, 3, H, W) RGB in [0, 1] -> FPN maps p2..p5 (normalization inside).
 * ``HeadGraph``: p2..p5, rois (K, 5), labels (K,) -> predicted IoU in [0, 1] (K,).
@@ -6,11 +7,11 @@
 * ``RefineStepGraph``: one step of Algorithm 2 (box update, new IoU and gradient, stop test).
 
 A model folder exported from a joint IoU-Net (``iounet.training.joint_model``) also holds the
-detector's two graphs:
+detector's two graphs (roles ``rpn`` and ``box_head``):
 
-* ``ProposalGraph``: p2..p5, image_size (2,) = (height, width) before padding -> proposals
+* ``RpnGraph``: p2..p5, image_size (2,) = (height, width) before padding -> proposals
   (P, 4), P data-dependent (proposal NMS in the graph).
-* ``DetectionGraph``: p2..p5, proposals (P, 4), image_size -> raw detections before NMS: boxes
+* ``BoxHeadGraph``: p2..p5, proposals (P, 4), image_size -> raw detections before NMS: boxes
   (D, 4), scores (D,), labels (D,) int64, most confident first.
 
 They only name the inputs and outputs: the computation is the model's own (``IoUHead.iou``,
@@ -114,7 +115,7 @@ class RefineStepGraph(nn.Module):
         return torch.cat([rois[:, :1], boxes], dim=1), new_iou, new_grad, still
 
 
-class ProposalGraph(nn.Module):
+class RpnGraph(nn.Module):
     """p2..p5, image_size (2,) float32 (height, width) -> proposals (P, 4) (``proposals``)."""
 
     def __init__(self, model: JointIoUNet) -> None:
@@ -125,7 +126,7 @@ class ProposalGraph(nn.Module):
         return self.model.proposals((p2, p3, p4, p5), image_size)
 
 
-class DetectionGraph(nn.Module):
+class BoxHeadGraph(nn.Module):
     """p2..p5, proposals (P, 4), image_size (2,) -> boxes (D, 4), scores (D,), labels (D,)
     (``raw_detections``)."""
 

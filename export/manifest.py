@@ -14,7 +14,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from iounet.export.manifest_format import (
     DEFAULT_OPSET,
@@ -60,7 +60,7 @@ __all__ = [
 
 FORMAT = "iounet-model"
 FORMAT_VERSION = 3
-#: Versions this iounet reads (2: written before the detector graphs; it has none).
+#: Versions this iounet reads (2: a format without the detector graphs).
 READABLE_VERSIONS = (2, 3)
 #: The graphs of every exported model (see iounet.export.graphs), by role.
 GRAPH_ROLES = ("backbone", "head", "iou_grad", "refine_step")
@@ -212,7 +212,7 @@ def load_manifest(folder: str | os.PathLike, verify: bool = True) -> Manifest:
     return manifest
 
 
-def _parse(path: Path, data: Any) -> Manifest:
+def _parse(path: Path, data: object) -> Manifest:
     read = ManifestReader(path)
     data = read.header(data, FORMAT, READABLE_VERSIONS)
     categories = tuple(
@@ -289,19 +289,13 @@ def _parse_graphs(
     for precision, entries in graphs.items():
         if precision not in PRECISIONS:
             raise read.fail(f"unknown precision {precision!r} in graphs")
-        if not isinstance(entries, dict) or set(entries) != set(roles):
-            raise read.fail(
-                f"graphs.{precision} must hold exactly {list(roles)} (the detector's graphs "
-                "come with a detector section, and only with it)"
-            )
-        parsed[precision] = {}
-        for role, entry in entries.items():
-            where = f"graphs.{precision}.{role}"
-            parsed[precision][role] = read.graph_entry(entry, where)
-            outputs = tuple(spec.name for spec in parsed[precision][role].outputs)
+        hint = " (the detector's graphs come with a detector section, and only with it)"
+        parsed[precision] = read.graph_entries(entries, roles, f"graphs.{precision}", hint)
+        for role, entry in parsed[precision].items():
+            outputs = tuple(spec.name for spec in entry.outputs)
             if role in ROLE_OUTPUTS and outputs and outputs != ROLE_OUTPUTS[role]:
                 raise read.fail(
-                    f"{where} has outputs {list(outputs)}, but a {role} graph has "
-                    f"{list(ROLE_OUTPUTS[role])} (graphs swapped?)"
+                    f"graphs.{precision}.{role} has outputs {list(outputs)}, but a {role} graph "
+                    f"has {list(ROLE_OUTPUTS[role])} (graphs swapped?)"
                 )
     return parsed

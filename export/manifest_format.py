@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn, Protocol
+from typing import ClassVar, NoReturn, Protocol, TypeVar
 
 MANIFEST_NAME = "manifest.json"
 #: The ONNX opsets (default domain) the graphs are exported at: 20, or 17 for TensorRT 8.5/8.6,
@@ -25,7 +25,10 @@ MANIFEST_NAME = "manifest.json"
 OPSETS = (17, 20)
 DEFAULT_OPSET = 20
 
-JSONObject = dict[str, Any]
+#: A JSON object as ``json.loads`` gives it (its values are checked where they are read).
+JSONObject = dict[str, object]
+#: The type a value read out of a manifest must have.
+T = TypeVar("T")
 
 
 class ManifestError(ValueError):
@@ -47,7 +50,7 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def load_strict_json(path: Path, error: type[ValueError] = ManifestError) -> Any:
+def load_strict_json(path: Path, error: type[ValueError] = ManifestError) -> object:
     """The value of the standard JSON file at `path`.
 
     `error` naming the file when the file is not UTF-8 JSON, nests too deeply, or holds a number
@@ -143,7 +146,7 @@ class ManifestFile:
         return path
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     """Dataclasses, tuples and dicts as JSON values."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -163,7 +166,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def read_manifest_json(folder: str | os.PathLike) -> tuple[Path, Any]:
+def read_manifest_json(folder: str | os.PathLike) -> tuple[Path, object]:
     """The path and parsed JSON of a model folder's manifest; clear errors when either is amiss."""
     folder = Path(folder)
     path = folder / MANIFEST_NAME
@@ -202,7 +205,7 @@ class ManifestReader:
         """The error for `problem` in this manifest (to raise)."""
         return ManifestError(f"{self.path}: {problem}")
 
-    def header(self, data: Any, format_name: str, versions: tuple[int, ...]) -> JSONObject:
+    def header(self, data: object, format_name: str, versions: tuple[int, ...]) -> JSONObject:
         """`data` if it is a JSON object of format `format_name` at one of `versions`."""
         if not isinstance(data, dict):
             raise self.fail("the manifest must be a JSON object")
@@ -215,7 +218,9 @@ class ManifestReader:
             )
         return data
 
-    def get(self, data: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    def get(
+        self, data: object, key: str, kind: type[T] | tuple[type[T], ...], where: str = ""
+    ) -> T:
         """`data[key]`, which must be of `kind` (a bool is no number)."""
         name = _name(where, key)
         if not isinstance(data, dict) or key not in data:
@@ -227,14 +232,14 @@ class ManifestReader:
             raise self.fail(f"{name} must be {_kind_name(kind)}, got {value!r}")
         return value
 
-    def positive(self, data: Any, key: str, where: str = "") -> int:
+    def positive(self, data: object, key: str, where: str = "") -> int:
         """An integer > 0."""
         value = self.get(data, key, int, where)
         if value <= 0:
             raise self.fail(f"{_name(where, key)} must be positive, got {value}")
         return value
 
-    def count(self, data: Any, key: str, where: str = "") -> int:
+    def count(self, data: object, key: str, where: str = "") -> int:
         """An integer >= 0."""
         value = self.get(data, key, int, where)
         if value < 0:
@@ -243,7 +248,7 @@ class ManifestReader:
 
     def number(
         self,
-        data: Any,
+        data: object,
         key: str,
         where: str,
         low: float = -math.inf,
@@ -256,11 +261,12 @@ class ManifestReader:
         if not _is_finite(given):
             raise self.fail(f"{name} must be a finite number, got {given!r}")
         value = float(given)
-        if not ((value > low if low_open else value >= low) and value <= high):
-            raise self.fail(f"{name} must {_range_text(low, high, low_open)}, got {value:g}")
+        problem = range_problem(value, low, high, low_open)
+        if problem:
+            raise self.fail(f"{name} must {problem}, got {value:g}")
         return value
 
-    def numbers(self, data: Any, key: str, where: str, length: int) -> tuple[float, ...]:
+    def numbers(self, data: object, key: str, where: str, length: int) -> tuple[float, ...]:
         """A list of `length` finite numbers."""
         values = self.get(data, key, list, where)
         if len(values) != length or not all(
@@ -303,7 +309,7 @@ class ManifestReader:
             self.get(source, "file", str, where), self.get(source, "sha256", str, where)
         )
 
-    def graph_entry(self, entry: Any, where: str) -> GraphEntry:
+    def graph_entry(self, entry: object, where: str) -> GraphEntry:
         """One graph's entry: a plain file name, its sha256, its inputs and outputs."""
         file = self.get(entry, "file", str, where)
         if Path(file).name != file:
@@ -314,6 +320,15 @@ class ManifestReader:
             inputs=self._tensors(self.get(entry, "inputs", list, where), where),
             outputs=self._tensors(self.get(entry, "outputs", list, where), where),
         )
+
+    def graph_entries(
+        self, entries: object, roles: tuple[str, ...], where: str, hint: str = ""
+    ) -> dict[str, GraphEntry]:
+        """The entries of the graphs of `roles`, by role, from `entries` (at `where`), which must
+        hold exactly those; `hint` ends the message when it does not."""
+        if not isinstance(entries, dict) or set(entries) != set(roles):
+            raise self.fail(f"{where} must hold exactly {list(roles)}{hint}")
+        return {role: self.graph_entry(entries[role], f"{where}.{role}") for role in roles}
 
     def opset(self, data: JSONObject) -> int:
         """The manifest's ONNX opset (one of ``OPSETS``)."""
@@ -351,6 +366,18 @@ class ManifestReader:
                 )
             )
         return tuple(specs)
+
+
+def range_problem(
+    value: float, low: float = -math.inf, high: float = math.inf, low_open: bool = False
+) -> str | None:
+    """What `value` must do when it is not a finite number in [low, high] (low excluded when
+    `low_open`): "be a finite number", "be positive", "lie in [0, 1]", ...; None when it is."""
+    if not _is_finite(value):
+        return "be a finite number"
+    if (value > low if low_open else value >= low) and value <= high:
+        return None
+    return _range_text(low, high, low_open)
 
 
 def _is_finite(value: float) -> bool:

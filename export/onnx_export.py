@@ -25,11 +25,11 @@ from iounet.export.graph_export import (
 from iounet.export.graphs import (
     MAP_NAMES,
     BackboneGraph,
-    DetectionGraph,
+    BoxHeadGraph,
     HeadGraph,
     IoUGradGraph,
-    ProposalGraph,
     RefineStepGraph,
+    RpnGraph,
 )
 from iounet.export.manifest import (
     DEFAULT_OPSET,
@@ -219,14 +219,14 @@ def _export_graphs(
             proposals = detector.proposals(maps, image_size).float()[:_EXAMPLE_PROPOSALS]
         count = torch.export.Dim("P", min=1, max=1 << 16)
         specs["rpn"] = GraphSpec(
-            ProposalGraph(detector),
+            RpnGraph(detector),
             (*maps, image_size),
             (*map_dims, None),
             [*names, "image_size"],
             ["proposals"],
         )
         specs["box_head"] = GraphSpec(
-            DetectionGraph(detector),
+            BoxHeadGraph(detector),
             (*maps, proposals, image_size),
             (*map_dims, {0: count}, None),
             [*names, "proposals", "image_size"],

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: boxes (K, 4) -> (predicted IoU (K,), its gradient w.r.t. x0, y0, x1, y1 (K, 4)).
+#: boxes (K, 4) -> (predicted IoU (K,), its gradient w.r.t. the four box coordinates (K, 4)):
+#: x0, y0, x1, y1 for IoU-Net, x, y, w, h for pytracking's refinement.
 Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -25,11 +24,11 @@ from iounet.export.manifest_format import (
 )
 from iounet.export.model_folder import check_model_output
 from iounet.export.tracking_graphs import (
-    AtomStepGraph,
     IoUFeatGraph,
     ModulationGraph,
     PredictIoUGraph,
-    RelativeStepGraph,
+    RefineStepAtomGraph,
+    RefineStepRelativeGraph,
     TrackBackboneGraph,
     TrackIoUGradGraph,
 )
@@ -54,7 +53,7 @@ def export_tracking_model(
     *,
     force: bool = False,
     refinement: TrackingRefineParams | None = None,
-    contents: Any = None,
+    contents: object | None = None,
     opset: int = DEFAULT_OPSET,
 ) -> TrackingManifest:
     """Export the IoU-Net and backbone of a pytracking checkpoint to the folder `out`.
@@ -158,14 +157,14 @@ def export_tracking_graphs(model: TrackingNet, folder: Path, opset: int) -> dict
             ["iou", "grad"],
         ),
         "refine_step_atom": GraphSpec(
-            AtomStepGraph(net),
+            RefineStepAtomGraph(net),
             (*feats, proposals, step),
             (*feat_dims, boxes, None),
             [*feat_names, "boxes", "step"],
             ["boxes_next", "iou"],
         ),
         "refine_step_relative": GraphSpec(
-            RelativeStepGraph(net),
+            RefineStepRelativeGraph(net),
             (*feats, proposals, sz_norm, step),
             (*feat_dims, boxes, None, None),
             [*feat_names, "rel", "sz_norm", "step"],

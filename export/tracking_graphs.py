@@ -1,14 +1,16 @@
 """The deployment graphs of pytracking's IoU-Net (ATOM, DiMP, PrDiMP), as modules to export.
 
-One target per call (batch 1); the proposal count K and the map sizes are dynamic.
+One target per call (batch 1); the proposal count K and the map sizes are dynamic. Each class
+is named after the manifest role of its graph (``Track`` where the detection model has a graph of
+that role too):
 
 * ``TrackBackboneGraph``: crop (1, 3, H, W) RGB in [0, 1] -> layer2, layer3.
 * ``ModulationGraph``: reference layer2, layer3, box (1, 4) x, y, w, h -> modulation3, modulation4.
 * ``IoUFeatGraph``: test layer2, layer3 -> feat3, feat4.
 * ``PredictIoUGraph``: modulation3, modulation4, feat3, feat4, proposals (K, 4) -> iou (K,).
 * ``TrackIoUGradGraph``: the same inputs -> iou (K,), dIoU/d(x, y, w, h) (K, 4).
-* ``AtomStepGraph``: ... boxes (K, 4), step (4,) -> boxes_next, iou (``atom_step``).
-* ``RelativeStepGraph``: ... rel (K, 4), sz_norm (2,), step (4,) -> rel_next, iou
+* ``RefineStepAtomGraph``: ... boxes (K, 4), step (4,) -> boxes_next, iou (``atom_step``).
+* ``RefineStepRelativeGraph``: ... rel (K, 4), sz_norm (2,), step (4,) -> rel_next, iou
   (``relative_step``).
 
 The computation is the model's (``AtomIoUNet``) and the step's (``iounet.export.tracking_refine``).
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from iounet.export.refine_step import Objective
 from iounet.export.tracking_refine import atom_step, relative_step
 from iounet.training.tracking_model import AtomIoUNet, ResNetLayers
 
@@ -56,12 +59,18 @@ class IoUFeatGraph(nn.Module):
         return self.net.get_iou_feat((layer2, layer3))
 
 
-class _ProposalGraph(nn.Module):
+class _IoUPredictorGraph(nn.Module):
+    """Base of the graphs that run the IoU predictor on proposals, given the modulation vectors
+    and the IoU features: predict_iou, iou_grad and the refinement steps."""
+
     def __init__(self, net: AtomIoUNet) -> None:
         super().__init__()
         self.net = net
 
-    def objective(self, mod3: Tensor, mod4: Tensor, feat3: Tensor, feat4: Tensor):
+    def objective(self, mod3: Tensor, mod4: Tensor, feat3: Tensor, feat4: Tensor) -> Objective:
+        """boxes (K, 4) x, y, w, h -> iou (K,), dIoU/dbox (K, 4) of the predictor on these
+        features."""
+
         def iou_and_grad(boxes: Tensor) -> tuple[Tensor, Tensor]:
             iou, grad = self.net.iou_and_box_gradient((mod3, mod4), (feat3, feat4), boxes[None])
             return iou[0], grad[0]
@@ -69,7 +78,7 @@ class _ProposalGraph(nn.Module):
         return iou_and_grad
 
 
-class PredictIoUGraph(_ProposalGraph):
+class PredictIoUGraph(_IoUPredictorGraph):
     """modulation3, modulation4, feat3, feat4, proposals (K, 4) x, y, w, h -> iou (K,)."""
 
     def forward(
@@ -78,7 +87,7 @@ class PredictIoUGraph(_ProposalGraph):
         return self.net.predict_iou((mod3, mod4), (feat3, feat4), proposals[None])[0]
 
 
-class TrackIoUGradGraph(_ProposalGraph):
+class TrackIoUGradGraph(_IoUPredictorGraph):
     """As ``PredictIoUGraph`` -> iou (K,) and dIoU/d(x, y, w, h) (K, 4)."""
 
     def forward(
@@ -87,7 +96,7 @@ class TrackIoUGradGraph(_ProposalGraph):
         return self.objective(mod3, mod4, feat3, feat4)(proposals)
 
 
-class AtomStepGraph(_ProposalGraph):
+class RefineStepAtomGraph(_IoUPredictorGraph):
     """One optimize_boxes iteration: boxes (K, 4), step (4,) -> boxes_next (K, 4), iou (K,)."""
 
     def forward(
@@ -96,7 +105,7 @@ class AtomStepGraph(_ProposalGraph):
         return atom_step(boxes, self.objective(mod3, mod4, feat3, feat4), step)
 
 
-class RelativeStepGraph(_ProposalGraph):
+class RefineStepRelativeGraph(_IoUPredictorGraph):
     """One optimize_boxes_relative iteration: rel (K, 4), sz_norm (2,), step (4,) -> rel_next,
     iou."""
 

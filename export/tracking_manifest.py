@@ -14,7 +14,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from iounet.export.manifest_format import (
     MANIFEST_NAME,
@@ -126,7 +126,7 @@ def load_tracking_manifest(folder: str | os.PathLike, verify: bool = True) -> Tr
     return manifest
 
 
-def _pair(read: ManifestReader, data: Any, key: str) -> tuple[int, int]:
+def _pair(read: ManifestReader, data: object, key: str) -> tuple[int, int]:
     values = read.get(data, key, list)
     if len(values) != 2 or not all(
         isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values
@@ -135,7 +135,7 @@ def _pair(read: ManifestReader, data: Any, key: str) -> tuple[int, int]:
     return values[0], values[1]
 
 
-def _parse(path: Path, data: Any) -> TrackingManifest:
+def _parse(path: Path, data: object) -> TrackingManifest:
     read = ManifestReader(path)
     data = read.header(data, FORMAT, (FORMAT_VERSION,))
     backbone = read.get(data, "backbone", str)
@@ -183,14 +183,8 @@ def _parse(path: Path, data: Any) -> TrackingManifest:
             constructor=constructor,
             epoch=epoch,
         ),
-        graphs=_parse_graphs(read, read.get(data, "graphs", dict)),
+        graphs=read.graph_entries(read.get(data, "graphs", dict), TRACKING_ROLES, "graphs"),
         opset=read.opset(data),
         custom_opsets=read.custom_opsets(data),
         versions=read.versions(data),
     )
-
-
-def _parse_graphs(read: ManifestReader, graphs: dict[str, Any]) -> dict[str, GraphEntry]:
-    if set(graphs) != set(TRACKING_ROLES):
-        raise read.fail(f"graphs must hold exactly {list(TRACKING_ROLES)}")
-    return {role: read.graph_entry(graphs[role], f"graphs.{role}") for role in TRACKING_ROLES}

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-#: boxes (K, 4) x, y, w, h -> (predicted IoU (K,), its gradient w.r.t. x, y, w, h (K, 4)).
-Objective = Callable[[Tensor], tuple[Tensor, Tensor]]
+from iounet.export.refine_step import Objective
+
 PARAMETRIZATIONS = ("atom", "relative")
 
 
@@ -92,10 +92,10 @@ def relative_step(
 
 
 #: (state (K, 4), sz_norm (2,), step (4,)) -> (state after the step, IoU at the state).
-Step = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+TrackingStep = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
-def eager_step(objective: Objective, parametrization: str) -> Step:
+def eager_step(objective: Objective, parametrization: str) -> TrackingStep:
     """The step of `parametrization` on `objective`, as the refinement loop calls it."""
     if parametrization == "atom":
         return lambda state, sz_norm, step: atom_step(state, objective, step)

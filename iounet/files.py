@@ -12,7 +12,6 @@ import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from iounet.staging import Fingerprint, fingerprint, publish, remove_stale, staging
 
@@ -123,7 +122,7 @@ def _recognised(ours: Callable[[Path], bool], path: Path) -> bool:
         return False
 
 
-def json_content(path: Path) -> Any:
+def json_content(path: Path) -> object:
     """The JSON value in `path` (ValueError if it holds none)."""
     return json.loads(path.read_text())
 
@@ -160,7 +159,7 @@ def holds_only(*suffixes: str) -> Callable[[Path], bool]:
     return recognise
 
 
-def write_json(path: str | os.PathLike | Output, value: Any, indent: int | None = None) -> None:
+def write_json(path: str | os.PathLike | Output, value: object, indent: int | None = None) -> None:
     """Write `value` as strict JSON, atomically: NaN and infinities (not JSON) become null.
 
     An ``Output`` (from ``check_output``) is written by its rule, a plain path replaced."""
@@ -170,7 +169,7 @@ def write_json(path: str | os.PathLike | Output, value: Any, indent: int | None 
         temporary.write_text(text + ("\n" if indent is not None else ""))
 
 
-def json_safe(value: Any) -> Any:
+def json_safe(value: object) -> object:
     """`value` with every non-finite float (not JSON) replaced by None, tuples as lists."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None

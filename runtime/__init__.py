@@ -11,7 +11,7 @@ _EXPORTS = {
     "Detections": "iounet.runtime.pipeline",
     "Pipeline": "iounet.runtime.pipeline",
     "PipelineConfig": "iounet.runtime.pipeline",
-    "IoUAndGrad": "iounet.runtime.refinement",
+    "Objective": "iounet.runtime.refinement",
     "refine_boxes": "iounet.runtime.refinement",
     "iou_nms": "iounet.runtime.suppression",
     "nms": "iounet.runtime.suppression",

@@ -2,34 +2,40 @@
 
 A backend holds the four graphs of an exported model (see ``iounet.export.graphs``) and runs
 them on its device. Tensors cross the interface as torch tensors on ``backend.device``; the
-FPN maps stay in whatever form the backend keeps them (``Features``).
+FPN maps stay in whatever form the backend keeps them: ``Backend[FeaturesT]`` is generic over
+that form (``Maps`` for the PyTorch and TensorRT backends, numpy arrays by name for ONNX
+Runtime).
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Sequence
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor
 
 from iounet.export.refine_step import RefineParams
 from iounet.runtime.refinement import (
-    IoUAndGrad,
+    Objective,
     Refined,
     Step,
     StepHook,
+    StepSettings,
     algorithm2_settings,
     run_algorithm2,
 )
 
-__all__ = ["Backend", "Features", "RefineParams", "Refined", "StepHook"]
+__all__ = ["Backend", "FeaturesT", "Maps", "RefineParams", "Refined", "StepHook"]
 
-#: FPN maps p2..p5 of one image batch, in the backend's own form.
-Features = Any
+#: The FPN maps p2..p5 of one image batch, in the form a backend keeps them.
+FeaturesT = TypeVar("FeaturesT")
+#: FPN maps p2..p5 as torch tensors on the backend's device.
+Maps = Sequence[Tensor]
 
 
-class Backend(abc.ABC):
+class Backend(abc.ABC, Generic[FeaturesT]):
     """Backbone, IoU head and refinement of one model on one device."""
 
     #: Short name used on the command line and in benchmark tables ("torch", "ort", "trt").
@@ -44,26 +50,26 @@ class Backend(abc.ABC):
     refinement: RefineParams = RefineParams()
 
     @abc.abstractmethod
-    def features(self, image: Tensor) -> Features:
+    def features(self, image: Tensor) -> FeaturesT:
         """FPN maps of ``image`` (N, 3, H, W) float32 RGB in [0, 1] (any device)."""
 
     @abc.abstractmethod
-    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+    def iou(self, features: FeaturesT, rois: Tensor, labels: Tensor) -> Tensor:
         """Predicted IoU in [0, 1] (K,) of rois (K, 5) with class labels (K,)."""
 
     @abc.abstractmethod
     def iou_and_grad(
-        self, features: Features, rois: Tensor, labels: Tensor
+        self, features: FeaturesT, rois: Tensor, labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         """Unclamped IoU (K,) and its gradient w.r.t. the box corners (K, 4)."""
 
-    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+    def proposals(self, features: FeaturesT, image_size: tuple[int, int]) -> Tensor:
         """The detector's proposals (P, 4) of image 0 (``image_size`` = (height, width) before
         padding), most objective first. Only on a model exported from a joint IoU-Net."""
         raise ValueError(self._no_detector())
 
     def raw_detections(
-        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+        self, features: FeaturesT, proposals: Tensor, image_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The box head's raw detections of image 0 before NMS: boxes (D, 4), scores (D,),
         labels (D,), most confident first, padded at the end with the manifest's padding score
@@ -78,7 +84,7 @@ class Backend(abc.ABC):
 
     def refine(
         self,
-        features: Features,
+        features: FeaturesT,
         boxes: Tensor,
         labels: Tensor,
         image_size: tuple[int, int],
@@ -97,7 +103,7 @@ class Backend(abc.ABC):
 
     def refined(
         self,
-        features: Features,
+        features: FeaturesT,
         boxes: Tensor,
         labels: Tensor,
         image_size: tuple[int, int],
@@ -105,9 +111,10 @@ class Backend(abc.ABC):
         on_step: StepHook | None = None,
         fused: bool = True,
     ) -> Refined:
-        """``refine``'s boxes and IoU with the number of steps each box took: with `fused`, on
-        the backend's fused step where it has one (``fused_step``), else stepping with
-        ``iou_and_grad``."""
+        """``refine``'s boxes and IoU with the number of steps each box took: with `fused`, the
+        backend's whole refinement in one replay where it has one and ``on_step`` is not given
+        (``replayed``), else on its fused step where it has one (``fused_step``), else stepping
+        with ``iou_and_grad``."""
         params = params or self.refinement
         boxes = boxes.to(self.device, torch.float32)
         settings = algorithm2_settings(params, image_size, boxes)
@@ -115,6 +122,10 @@ class Backend(abc.ABC):
             empty = torch.zeros(0, device=self.device)
             return Refined(boxes.clone(), empty, empty.long())
         labels = labels.to(self.device)
+        if fused and on_step is None:
+            replayed = self.replayed(features, boxes, labels, settings, params.iterations)
+            if replayed is not None:
+                return replayed
         step = self.fused_step(features, labels) if fused else None
         objective = self.box_objective(features, labels)
         return run_algorithm2(
@@ -127,7 +138,7 @@ class Backend(abc.ABC):
         ``refine`` can end once no box is active without waiting for the device."""
         return self.device.type == "cpu"
 
-    def box_objective(self, features: Features, labels: Tensor) -> IoUAndGrad:
+    def box_objective(self, features: FeaturesT, labels: Tensor) -> Objective:
         """``iou_and_grad`` of boxes (K, 4) of image 0 with class `labels` (K,)."""
 
         def objective(boxes: Tensor) -> tuple[Tensor, Tensor]:
@@ -136,10 +147,23 @@ class Backend(abc.ABC):
 
         return objective
 
-    def fused_step(self, features: Features, labels: Tensor) -> Step | None:
+    def fused_step(self, features: FeaturesT, labels: Tensor) -> Step | None:
         """The backend's own step of Algorithm 2 for boxes with class `labels`, one graph or
         engine call computing ``refine_step``; None where it has none."""
         return None
 
-    def synchronize(self) -> None:  # noqa: B027 - nothing to wait for on the CPU
-        """Wait for the work queued on the device (for timing)."""
+    def replayed(
+        self,
+        features: FeaturesT,
+        boxes: Tensor,
+        labels: Tensor,
+        settings: StepSettings,
+        iterations: int,
+    ) -> Refined | None:
+        """The whole of Algorithm 2 on boxes (K, 4) and their labels (K,) on this device, as one
+        replay of work the backend recorded (``run_algorithm2`` computes the same); None where
+        it has none."""
+        return None
+
+    def synchronize(self) -> None:
+        """Wait for the work queued on the device (for timing); on the CPU there is none."""

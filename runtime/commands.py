@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from iounet.runtime.image_folder import IMAGE_EXTENSIONS
 from iounet.runtime.names import BACKENDS, CHECKPOINT_BACKENDS
+from iounet.training.commands import add_output_arguments
 
 if TYPE_CHECKING:
     from iounet.export.manifest import Manifest
@@ -41,10 +42,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=Path,
         help="raw COCO results of another detector (needs --annotations)",
     )
-    infer.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
-    infer.add_argument("--force", action="store_true", help="replace an existing --out")
-    _max_pixels_argument(infer)
-    _backend_arguments(infer, "ort")
+    add_output_arguments(infer, "COCO results JSON to write")
+    add_max_pixels_argument(infer)
+    add_backend_arguments(infer, "ort")
     infer.set_defaults(run=_infer)
 
     bench = subparsers.add_parser("bench", help="per-stage latency of the backends")
@@ -65,7 +65,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--image", type=Path, help="an image file, resized to --image-size (default: random)"
     )
-    _max_pixels_argument(bench)
+    add_max_pixels_argument(bench)
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--runs", type=int, default=20)
     bench.add_argument("--threads", type=int, help="CPU threads of ONNX Runtime")
@@ -88,7 +88,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(run=_eval)
 
 
-def _backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+def add_backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
+    """Add ``--backend`` (default `default`), ``--checkpoint`` and ``--precision``."""
     parser.add_argument("--backend", default=default, choices=BACKENDS)
     parser.add_argument("--checkpoint", type=Path, help="the checkpoint (torch backends only)")
     parser.add_argument(
@@ -96,7 +97,7 @@ def _backend_arguments(parser: argparse.ArgumentParser, default: str) -> None:
     )
 
 
-def _backend_options(
+def backend_options(
     name: str, args: argparse.Namespace, chosen: tuple[str, ...] | list[str] = ()
 ) -> dict:
     """The options of backend `name` from the command line; ValueError for an option that
@@ -118,7 +119,8 @@ def _backend_options(
     return {}
 
 
-def _max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """Add ``--max-image-pixels``."""
     parser.add_argument(
         "--max-image-pixels",
         type=int,
@@ -136,7 +138,7 @@ def _infer(args: argparse.Namespace) -> int:
     from iounet.runtime.detections import read_detections
     from iounet.runtime.image_folder import list_images
 
-    _backend_options(args.backend, args)
+    backend_options(args.backend, args)
     if args.detections is not None and args.annotations is None:
         raise ValueError(
             "--detections needs --annotations: raw detections name COCO image ids, which the "
@@ -169,7 +171,7 @@ def _infer(args: argparse.Namespace) -> int:
     else:
         entries = coco_entries(args.images, args.annotations, manifest)
     check_images(entries, manifest, detections, args.max_image_pixels)
-    backend = open_backend(manifest, args.backend, **_backend_options(args.backend, args))
+    backend = open_backend(manifest, args.backend, **backend_options(args.backend, args))
     pipeline = Pipeline.for_manifest(manifest, backend)
     count = write_results(
         output, infer_images(pipeline, manifest, entries, detections, args.max_image_pixels)
@@ -199,7 +201,7 @@ def _bench(args: argparse.Namespace) -> int:
     if any(name in CHECKPOINT_BACKENDS for name in names) and args.checkpoint is None:
         raise ValueError("--checkpoint is needed for the torch backends (the exported checkpoint)")
     for name in names:
-        _backend_options(name, args, names)
+        backend_options(name, args, names)
     json_output = None
     if args.json:
         json_output = check_output(args.json, args.force, is_bench_table, "bench table")
@@ -233,7 +235,7 @@ def _bench(args: argparse.Namespace) -> int:
         methods = {"": "iou-nms"}
     results = {}
     for name in names:
-        backend = open_backend(manifest, name, **_backend_options(name, args, names))
+        backend = open_backend(manifest, name, **backend_options(name, args, names))
         for title, method in methods.items():
             config = PipelineConfig(refine=manifest.refinement, method=method)
             pipeline = Pipeline.for_manifest(manifest, backend, config)

@@ -7,13 +7,28 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import torch
 from torch import Tensor
 
+#: An image id of the results: the COCO id, or the file name for a plain folder.
+ImageId = int | str
 
-def read_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
+
+class CocoResult(TypedDict):
+    """One entry of a COCO results file: a box ``[x, y, w, h]`` in the image's original pixels,
+    its category id and score, and (in iounet's results after IoU-guided NMS) its predicted
+    IoU. Read detections name images by their integer COCO id."""
+
+    image_id: ImageId
+    category_id: int
+    bbox: list[float]
+    score: float
+    iou: NotRequired[float]
+
+
+def read_detections(path: str | os.PathLike) -> list[CocoResult]:
     """Entries `{image_id, category_id, bbox: [x, y, w, h], score}` of a COCO results file.
 
     Raises FileNotFoundError or ValueError naming the file (and the first bad entry).
@@ -38,9 +53,7 @@ def read_detections(path: str | os.PathLike) -> list[dict[str, Any]]:
     return entries
 
 
-def check_known(
-    detections: list[dict[str, Any]], image_ids: set[int], category_ids: set[int]
-) -> None:
+def check_known(detections: list[CocoResult], image_ids: set[int], category_ids: set[int]) -> None:
     """Raise ValueError when detections name images or categories the annotations do not have."""
     images = sorted({d["image_id"] for d in detections} - image_ids)
     if images:
@@ -50,16 +63,16 @@ def check_known(
         raise ValueError(f"detections name category ids not in the annotations: {categories[:10]}")
 
 
-def group_by_image(detections: list[dict[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+def group_by_image(detections: list[CocoResult]) -> dict[int, list[CocoResult]]:
     """Detections per image id, in file order."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
+    by_image: dict[int, list[CocoResult]] = {}
     for detection in detections:
         by_image.setdefault(int(detection["image_id"]), []).append(detection)
     return by_image
 
 
 def image_tensors(
-    items: list[dict[str, Any]],
+    items: list[CocoResult],
     scale: float,
     size: tuple[int, int],
     category_to_label: dict[int, int],
@@ -83,7 +96,7 @@ def scale_boxes(boxes: Tensor, scale: float, size: tuple[int, int]) -> Tensor:
     return boxes
 
 
-def _problem(entry: Any) -> str | None:
+def _problem(entry: object) -> str | None:
     if not isinstance(entry, dict):
         return "is not an object"
     missing = [key for key in ("image_id", "category_id", "bbox", "score") if key not in entry]
@@ -102,5 +115,5 @@ def _problem(entry: Any) -> str | None:
     return None
 
 
-def _finite(value: Any) -> bool:
+def _finite(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)

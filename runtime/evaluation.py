@@ -19,7 +19,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from iounet.runtime import iou_nms, nms, refine_boxes, soft_nms
-from iounet.runtime.backend import Backend, Features, RefineParams
+from iounet.runtime.backend import Backend, FeaturesT, RefineParams
 from iounet.runtime.budget import (
     DEFAULT_MEMORY_BUDGET,
     PAPER_BOX,
@@ -27,7 +27,7 @@ from iounet.runtime.budget import (
     bytes_per_box,
     chunks,
 )
-from iounet.runtime.detections import check_known, group_by_image, image_tensors
+from iounet.runtime.detections import CocoResult, check_known, group_by_image, image_tensors
 from iounet.runtime.torch_backend import TorchBackend
 from iounet.training.coco_dataset import CocoDetection
 from iounet.training.evaluation import (
@@ -41,7 +41,9 @@ from iounet.training.images import SIZE_DIVISOR, pad_images
 from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
 
-METHODS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
+#: Tables 1-2's rows: the raw detections after NMS, Soft-NMS, IoU-guided NMS, and IoU-guided NMS
+#: + refinement.
+TABLE_ROWS = ("nms", "soft_nms", "iou_nms", "iou_nms_refine")
 #: Table 3's rows: the FPN baseline with its own NMS, then the joint IoU-Net with NMS, with
 #: IoU-guided NMS, and with IoU-guided NMS + refinement.
 JOINT_ROWS = {
@@ -81,7 +83,7 @@ class DetectionReport:
 def evaluate_detections_table(
     backend: Backend | IoUNet | JointIoUNet,
     dataset: CocoDetection,
-    detections: list[dict],
+    detections: list[CocoResult],
     *,
     refine_top: int = 100,
     refinement: RefineParams | None = None,
@@ -110,9 +112,9 @@ def evaluate_detections_table(
     by_image = group_by_image(detections)
     index_of = {image_id: i for i, image_id in enumerate(dataset.image_ids)}
     check_known(list(detections), set(index_of), set(dataset.category_to_label))
-    results: dict[str, list[dict]] = {name: [] for name in METHODS}
-    raw_results: list[dict] = []
-    iteration_results: list[list[dict]] = [[] for _ in range(curve_iterations + 1)]
+    results: dict[str, list[CocoResult]] = {name: [] for name in TABLE_ROWS}
+    raw_results: list[CocoResult] = []
+    iteration_results: list[list[CocoResult]] = [[] for _ in range(curve_iterations + 1)]
     true_all, predicted_all, scores_all = [], [], []
     device = backend.device
     for image_id, items in by_image.items():
@@ -164,7 +166,7 @@ def evaluate_detections_table(
         final = torch.cat([final, kept_boxes[refine_top:]])
         emit(results["iou_nms_refine"], final, kept_scores, kept_labels)
 
-    ap = {name: coco_ap(dataset, results[name]) for name in METHODS}
+    ap = {name: coco_ap(dataset, results[name]) for name in TABLE_ROWS}
     curve = [coco_ap(dataset, step_results) for step_results in iteration_results]
     recall = {
         "no_nms": _recall(dataset, raw_results),
@@ -190,10 +192,10 @@ def evaluate_detections_table(
 
 
 @torch.no_grad()
-def detect_dataset(detector: Detector, dataset: CocoDetection) -> list[dict]:
+def detect_dataset(detector: Detector, dataset: CocoDetection) -> list[CocoResult]:
     """A detector's raw detections on every image of `dataset`, as COCO results (original
     pixels; ``iounet detect``'s format)."""
-    results: list[dict] = []
+    results: list[CocoResult] = []
     for index in range(len(dataset)):
         image, target = dataset[index]
         boxes, scores, labels = detector(image)
@@ -203,10 +205,10 @@ def detect_dataset(detector: Detector, dataset: CocoDetection) -> list[dict]:
 
 
 def nms_ap(
-    dataset: CocoDetection, detections: list[dict], nms_threshold: float = 0.5
+    dataset: CocoDetection, detections: list[CocoResult], nms_threshold: float = 0.5
 ) -> dict[str, float]:
     """COCO AP of raw detections after class-wise NMS (a detector's own post-processing)."""
-    kept: list[dict] = []
+    kept: list[CocoResult] = []
     for items in group_by_image(detections).values():
         boxes = torch.tensor([d["bbox"] for d in items], dtype=torch.float64).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
@@ -238,8 +240,8 @@ def format_joint_table(table: dict[str, dict[str, float]]) -> str:
 
 
 def _trajectory(
-    backend: Backend,
-    maps: Features,
+    backend: Backend[FeaturesT],
+    maps: FeaturesT,
     boxes: Tensor,
     labels: Tensor,
     size: tuple[int, int],
@@ -275,13 +277,15 @@ class _Emitter:
     image_id: int
     scale: float
 
-    def __call__(self, store: list[dict], boxes: Tensor, scores: Tensor, labels: Tensor) -> None:
+    def __call__(
+        self, store: list[CocoResult], boxes: Tensor, scores: Tensor, labels: Tensor
+    ) -> None:
         store.extend(_coco_results(self.dataset, self.image_id, boxes / self.scale, scores, labels))
 
 
 def _coco_results(
     dataset: CocoDetection, image_id: int, boxes: Tensor, scores: Tensor, labels: Tensor
-) -> list[dict]:
+) -> list[CocoResult]:
     return [
         {
             "image_id": image_id,
@@ -293,7 +297,7 @@ def _coco_results(
     ]
 
 
-def coco_ap(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+def coco_ap(dataset: CocoDetection, results: list[CocoResult]) -> dict[str, float]:
     """AP (0.5:0.95) and AP at 0.5, 0.6, 0.7, 0.8, 0.9, as fractions (100 detections per image)."""
     if not results:
         return dict.fromkeys(AP_KEYS, 0.0)
@@ -323,7 +327,7 @@ def coco_ap(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
     }
 
 
-def _recall(dataset: CocoDetection, results: list[dict]) -> dict[str, float]:
+def _recall(dataset: CocoDetection, results: list[CocoResult]) -> dict[str, float]:
     """Fraction of ground-truth boxes covered by a detection of their class at each IoU."""
     best: list[float] = []
     by_key: dict[tuple[int, int], list[list[float]]] = {}
@@ -390,6 +394,6 @@ def plot_curves(report: DetectionReport, folder: Path) -> list[Path]:
 def format_table(report: DetectionReport) -> str:
     """The AP table (percent), one row per post-processing."""
     lines = [f"{'method':<16}" + "".join(f"{key:>7}" for key in AP_KEYS)]
-    for name in METHODS:
+    for name in TABLE_ROWS:
         lines.append(f"{name:<16}" + "".join(f"{100 * report.ap[name][k]:7.1f}" for k in AP_KEYS))
     return "\n".join(lines)

@@ -15,16 +15,18 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from iounet.export.manifest import Manifest
 from iounet.files import Output, json_safe
-from iounet.runtime.detections import check_known, group_by_image, image_tensors
+from iounet.runtime.detections import (
+    CocoResult,
+    ImageId,
+    check_known,
+    group_by_image,
+    image_tensors,
+)
 from iounet.runtime.image_folder import ImageListing
 from iounet.runtime.pipeline import Detections, Pipeline
-
-#: An image id of the results: the COCO id, or the file name for a plain folder.
-ImageId = int | str
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ PROGRESS_FROM = 200
 def check_images(
     entries: list[ImageEntry],
     manifest: Manifest,
-    detections: list[dict[str, Any]] | None = None,
+    detections: list[CocoResult] | None = None,
     max_pixels: int | None = None,
 ) -> None:
     """Decode every image the run will read (with `detections`: those they name) once, before
@@ -111,9 +113,9 @@ def infer_images(
     pipeline: Pipeline,
     manifest: Manifest,
     entries: list[ImageEntry],
-    detections: list[dict[str, Any]] | None = None,
+    detections: list[CocoResult] | None = None,
     max_pixels: int | None = None,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[list[CocoResult]]:
     """Per image, its COCO results ``{image_id, category_id, bbox: [x, y, w, h], score, iou}``
     (original pixels, the manifest's category ids; ``iou`` absent for ``method="nms"``).
 
@@ -125,7 +127,7 @@ def infer_images(
     are drawn).
     """
     category_ids = manifest.category_ids
-    by_image: dict[int, list[dict[str, Any]]] | None = None
+    by_image: dict[int, list[CocoResult]] | None = None
     if detections is not None:
         check_known(detections, {entry.image_id for entry in entries}, set(category_ids))
         by_image = group_by_image(detections)
@@ -137,9 +139,9 @@ def _run(
     pipeline: Pipeline,
     manifest: Manifest,
     entries: list[ImageEntry],
-    by_image: dict[int, list[dict[str, Any]]] | None,
+    by_image: dict[int, list[CocoResult]] | None,
     max_pixels: int | None,
-) -> Iterator[list[dict[str, Any]]]:
+) -> Iterator[list[CocoResult]]:
     """The results of `entries`, image by image (see ``infer_images``)."""
     from iounet.training.images import load_resized
 
@@ -158,16 +160,14 @@ def _run(
         yield coco_results(entry.image_id, found, category_ids)
 
 
-def coco_results(
-    image_id: ImageId, found: Detections, category_ids: list[int]
-) -> list[dict[str, Any]]:
+def coco_results(image_id: ImageId, found: Detections, category_ids: list[int]) -> list[CocoResult]:
     """One image's final detections as COCO results (boxes ``[x, y, w, h]``)."""
     ious = found.ious.tolist() if found.ious is not None else [None] * len(found.boxes)
     results = []
     for box, score, label, iou in zip(
         found.boxes.tolist(), found.scores.tolist(), found.labels.tolist(), ious, strict=True
     ):
-        result = {
+        result: CocoResult = {
             "image_id": image_id,
             "category_id": category_ids[label],
             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
@@ -179,7 +179,7 @@ def coco_results(
     return results
 
 
-def write_results(output: Output, per_image: Iterable[list[dict[str, Any]]]) -> int:
+def write_results(output: Output, per_image: Iterable[list[CocoResult]]) -> int:
     """Write the results of each image as they come into one JSON list at `output`; return how
     many were written.
 

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from iounet.export.manifest import ROLE_OUTPUTS, Manifest, load_manifest
-from iounet.runtime.backend import Backend, Features
+from iounet.runtime.backend import Backend
 from iounet.runtime.refinement import RefineState, Step, StepSettings
 
 if TYPE_CHECKING:
@@ -24,7 +24,11 @@ if TYPE_CHECKING:
 DEVICES = ("cpu", "cuda")
 
 
-class OnnxRuntimeBackend(Backend):
+#: Arrays by name: a session's feeds or outputs (the FPN maps of this backend).
+NamedArrays = dict[str, np.ndarray]
+
+
+class OnnxRuntimeBackend(Backend[NamedArrays]):
     """The graphs of an exported model folder in ONNX Runtime sessions (the detector's too when
     the folder holds them)."""
 
@@ -75,12 +79,12 @@ class OnnxRuntimeBackend(Backend):
                     f"{role} graph has {expected} (graphs swapped?)"
                 )
 
-    def features(self, image: Tensor) -> Features:
+    def features(self, image: Tensor) -> NamedArrays:
         _check_image(image)
         maps = self.sessions["backbone"].run(None, {"image": _array(image)})
         return dict(zip(self.manifest.map_names, maps, strict=True))
 
-    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+    def proposals(self, features: NamedArrays, image_size: tuple[int, int]) -> Tensor:
         if not self.has_detector:
             raise ValueError(self._no_detector())
         feeds = {name: features[name] for name in self.manifest.map_names}
@@ -89,7 +93,7 @@ class OnnxRuntimeBackend(Backend):
         return self._tensor(proposals)
 
     def raw_detections(
-        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+        self, features: NamedArrays, proposals: Tensor, image_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         if not self.has_detector:
             raise ValueError(self._no_detector())
@@ -103,7 +107,7 @@ class OnnxRuntimeBackend(Backend):
         boxes, scores, labels = self._run_graph("box_head", feeds)
         return self._tensor(boxes), self._tensor(scores), self._tensor(labels)
 
-    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+    def iou(self, features: NamedArrays, rois: Tensor, labels: Tensor) -> Tensor:
         feeds = self._box_feeds(features, rois, labels)
         if feeds is None:
             return torch.zeros(0, device=self.device)
@@ -111,7 +115,7 @@ class OnnxRuntimeBackend(Backend):
         return self._tensor(iou)
 
     def iou_and_grad(
-        self, features: Features, rois: Tensor, labels: Tensor
+        self, features: NamedArrays, rois: Tensor, labels: Tensor
     ) -> tuple[Tensor, Tensor]:
         feeds = self._box_feeds(features, rois, labels)
         if feeds is None:
@@ -124,7 +128,7 @@ class OnnxRuntimeBackend(Backend):
         """Always: a session run returns its outputs in host memory."""
         return True
 
-    def fused_step(self, features: Features, labels: Tensor) -> Step:
+    def fused_step(self, features: NamedArrays, labels: Tensor) -> Step:
         """One run of the refine_step graph per step."""
         feeds = {name: features[name] for name in self.manifest.map_names}
         feeds["labels"] = labels.detach().cpu().numpy().astype(np.int64)
@@ -141,9 +145,7 @@ class OnnxRuntimeBackend(Backend):
 
         return step
 
-    def _box_feeds(
-        self, features: Features, rois: Tensor, labels: Tensor
-    ) -> dict[str, np.ndarray] | None:
+    def _box_feeds(self, features: NamedArrays, rois: Tensor, labels: Tensor) -> NamedArrays | None:
         if rois.dim() != 2 or rois.shape[1] != 5:
             raise ValueError(f"rois must have shape (K, 5), got {tuple(rois.shape)}")
         if labels.shape != (rois.shape[0],):
@@ -179,13 +181,13 @@ class OnnxRuntimeBackend(Backend):
                 "memory_budget)"
             )
 
-    def _run_graph(self, role: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def _run_graph(self, role: str, feeds: NamedArrays) -> list[np.ndarray]:
         try:
             return self.sessions[role].run(None, feeds)
         except Exception as error:  # ONNX Runtime raises its own exception types
             raise RuntimeError(f"ONNX Runtime failed on the {role} graph: {error}") from error
 
-    def _run(self, role: str, feeds: dict[str, np.ndarray], rows: int) -> list[np.ndarray]:
+    def _run(self, role: str, feeds: NamedArrays, rows: int) -> list[np.ndarray]:
         """The session's outputs, each checked to have `rows` rows (a PrRoIPool op that could
         not compute its output returns an empty one; that is an error here, not a result)."""
         outputs = self._run_graph(role, feeds)

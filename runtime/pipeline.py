@@ -16,7 +16,8 @@ from torch import Tensor
 
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.export.manifest_format import check_exported_from
-from iounet.runtime.backend import Backend, Features, RefineParams
+from iounet.resize import resize_image, resize_pixels, source_region
+from iounet.runtime.backend import Backend, RefineParams
 from iounet.runtime.budget import (
     DEFAULT_MEMORY_BUDGET,
     PAPER_BOX,
@@ -26,7 +27,7 @@ from iounet.runtime.budget import (
 )
 from iounet.runtime.names import CHECKPOINT_BACKENDS, check_backend
 from iounet.runtime.suppression import iou_nms, nms
-from iounet.training.images import pad_images, resize_image, resize_pixels, source_region
+from iounet.training.images import pad_images
 
 #: Called with (stage name, seconds) after each stage when timing is asked for.
 StageTimer = Callable[[str, float], None]
@@ -72,7 +73,7 @@ class Pipeline:
     scores, labels)`` takes another detector's raw detections instead: (N, 4) boxes, (N,) scores
     and (N,) integer class labels in that image's pixels. A pipeline on a model
     (``from_model``, ``for_manifest``) resizes the image as ``iounet infer`` does (the
-    manifest's min_size / max_size, ``iounet.training.images``) and scales the boxes with it,
+    manifest's min_size / max_size, ``iounet.resize``) and scales the boxes with it,
     clipped to the image. It returns the detections kept by IoU-guided NMS (scores as IoU-NMS
     leaves them, most confident first), the ``refine_top`` most confident of them refined by
     Algorithm 2, in the given image's pixels; every box lies within the image.
@@ -176,7 +177,7 @@ class Pipeline:
         timer: StageTimer | None = None,
     ) -> Detections:
         """The final detections of an image of `size` (height, width) given at the model's
-        input size (`resized`, by the rule of ``iounet.training.images.resized_shape`` with
+        input size (`resized`, by the rule of ``iounet.resize.resized_shape`` with
         `scale`, as ``load_resized`` gives it; float in [0, 1], or uint8), raw boxes and
         results in the pixels of `size`, within the image."""
         _check_inputs(resized, boxes, scores, labels, self.num_classes)
@@ -228,7 +229,7 @@ class Pipeline:
         return self._detect(features, (int(image.shape[1]), int(image.shape[2])), None)
 
     def _detect(
-        self, features: Features, size: tuple[int, int], clock: _Clock | None
+        self, features: object, size: tuple[int, int], clock: _Clock | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         backend = self.backend
         proposals = backend.proposals(features, size)

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from iounet.export.refine_step import RefineParams, refine_step
+from iounet.export.manifest_format import range_problem
+from iounet.export.refine_step import Objective, RefineParams, refine_step
 
 __all__ = [
-    "IoUAndGrad",
+    "Objective",
     "RefineState",
     "Refined",
     "Step",
@@ -34,8 +35,6 @@ __all__ = [
     "run_refinement",
 ]
 
-# boxes (N, 4) -> (predicted IoU (N,), its gradient w.r.t. x0, y0, x1, y1 (N, 4)).
-IoUAndGrad = Callable[[Tensor], tuple[Tensor, Tensor]]
 #: Called with the step index after the IoU and gradient at the start (0) and after each step.
 StepHook = Callable[[int], None]
 
@@ -121,7 +120,7 @@ def algorithm2_settings(
     ``image_size = (height, width)`` when given. TypeError or ValueError for a setting out of
     range: step > 0, iterations an int >= 0, early_stop >= 0, degrade_tolerance <= 0, a
     positive image size."""
-    step = _check_real("step", params.step, low=0.0, low_inclusive=False)
+    step = _check_real("step", params.step, low=0.0, low_open=True)
     iterations = params.iterations
     if isinstance(iterations, bool) or not isinstance(iterations, numbers.Integral):
         raise TypeError(f"iterations must be an int, got {iterations!r}")
@@ -137,7 +136,7 @@ def algorithm2_settings(
     return StepSettings(value(step), value(early_stop), value(degrade_tolerance), upper)
 
 
-def algorithm2_step(objective: IoUAndGrad) -> Step:
+def algorithm2_step(objective: Objective) -> Step:
     """Algorithm 2's step (``refine_step``) with `objective` at the moved boxes."""
 
     def step(state: RefineState, settings: StepSettings) -> RefineState:
@@ -160,7 +159,7 @@ def algorithm2_step(objective: IoUAndGrad) -> Step:
 
 def run_algorithm2(
     boxes: Tensor,
-    objective: IoUAndGrad,
+    objective: Objective,
     settings: StepSettings,
     iterations: int,
     step: Step | None = None,
@@ -181,7 +180,7 @@ def run_algorithm2(
 
 def refine_boxes(
     boxes: Tensor,
-    iou_and_grad: IoUAndGrad,
+    iou_and_grad: Objective,
     step: float = 0.5,
     iterations: int = 5,
     early_stop: float = 1e-3,
@@ -214,7 +213,7 @@ def refine_boxes(
     return refined.boxes, refined.iou
 
 
-def _evaluate(iou_and_grad: IoUAndGrad, boxes: Tensor) -> tuple[Tensor, Tensor]:
+def _evaluate(iou_and_grad: Objective, boxes: Tensor) -> tuple[Tensor, Tensor]:
     """Call ``iou_and_grad`` on a copy of ``boxes`` and check what it returns."""
     result = iou_and_grad(boxes.clone())
     if not (isinstance(result, (tuple, list)) and len(result) == 2):
@@ -249,20 +248,16 @@ def _check_boxes(boxes: Tensor) -> None:
 
 
 def _check_real(
-    name: str,
-    value: float,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_inclusive: bool = True,
+    name: str, value: float, low: float = -math.inf, high: float = math.inf, low_open: bool = False
 ) -> float:
-    """``value`` as a float after checking it is a finite real number in the given range."""
+    """``value`` as a float after checking it is a finite real number in [low, high] (low
+    excluded when `low_open`; the manifest's rule, ``range_problem``)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {value!r}")
     value = float(value)
-    above = value >= low if low_inclusive else value > low
-    if not (math.isfinite(value) and above and value <= high):
-        bound = ("[" if low_inclusive else "(") + f"{low:g}, {high:g}]"
-        raise ValueError(f"{name} must be finite and in {bound}, got {value!r}")
+    problem = range_problem(value, low, high, low_open)
+    if problem:
+        raise ValueError(f"{name} must {problem}, got {value!r}")
     return value
 
 

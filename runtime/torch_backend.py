@@ -11,14 +11,14 @@ from torch import Tensor
 
 from iounet.export.refine_step import RefineParams
 from iounet.plugins import native, reference_kernels
-from iounet.runtime.backend import Backend, Features
+from iounet.runtime.backend import Backend, Maps
 from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet
 
 POOLS = ("pytorch", "native")
 
 
-class DetectorStages(Backend):
+class DetectorStages(Backend[Maps]):
     """The detector stages of a PyTorch model (``proposals``, ``raw_detections``) for the
     backends that hold a ``JointIoUNet`` in ``self.model``, inside ``self._kernels()``."""
 
@@ -28,7 +28,7 @@ class DetectorStages(Backend):
         return contextlib.nullcontext()
 
     @torch.no_grad()
-    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+    def proposals(self, features: Maps, image_size: tuple[int, int]) -> Tensor:
         if not isinstance(self.model, JointIoUNet):
             raise ValueError(self._no_detector())
         with self._kernels():
@@ -36,7 +36,7 @@ class DetectorStages(Backend):
 
     @torch.no_grad()
     def raw_detections(
-        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+        self, features: Maps, proposals: Tensor, image_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         if not isinstance(self.model, JointIoUNet):
             raise ValueError(self._no_detector())
@@ -98,17 +98,15 @@ class TorchBackend(DetectorStages):
             yield
 
     @torch.no_grad()
-    def features(self, image: Tensor) -> Features:
+    def features(self, image: Tensor) -> Maps:
         return self.model.backbone(image.to(self.device, torch.float32))
 
     @torch.no_grad()
-    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+    def iou(self, features: Maps, rois: Tensor, labels: Tensor) -> Tensor:
         with self._kernels():
             return self.model.head.iou(features, rois.to(self.device), labels.to(self.device))
 
-    def iou_and_grad(
-        self, features: Features, rois: Tensor, labels: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def iou_and_grad(self, features: Maps, rois: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad(), self._kernels():
             corners = rois[:, 1:].detach().to(self.device).clone().requires_grad_()
             full = torch.cat([rois[:, :1].to(self.device), corners], dim=1)

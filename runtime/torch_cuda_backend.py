@@ -18,12 +18,10 @@ from torch import Tensor
 
 from iounet.export.refine_step import RefineParams
 from iounet.plugins import cuda
-from iounet.runtime.backend import Features
+from iounet.runtime.backend import Maps
 from iounet.runtime.refinement import (
     Refined,
-    StepHook,
     StepSettings,
-    algorithm2_settings,
     run_algorithm2,
 )
 from iounet.runtime.torch_backend import DetectorStages
@@ -93,41 +91,34 @@ class TorchCudaBackend(DetectorStages):
         return cls(model, device, graphs, refinement)
 
     @torch.no_grad()
-    def features(self, image: Tensor) -> Features:
+    def features(self, image: Tensor) -> Maps:
         return tuple(self.model.backbone(image.to(self.device, torch.float32)))
 
     @torch.no_grad()
-    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+    def iou(self, features: Maps, rois: Tensor, labels: Tensor) -> Tensor:
         return self.model.head.iou(features, rois.to(self.device), labels.to(self.device))
 
     @torch.no_grad()
-    def iou_and_grad(
-        self, features: Features, rois: Tensor, labels: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def iou_and_grad(self, features: Maps, rois: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         return self.model.head.iou_and_box_gradient(
             features, rois.to(self.device), labels.to(self.device)
         )
 
     @torch.no_grad()
-    def refined(
+    def replayed(
         self,
-        features: Features,
+        features: Maps,
         boxes: Tensor,
         labels: Tensor,
-        image_size: tuple[int, int],
-        params: RefineParams | None = None,
-        on_step: StepHook | None = None,
-        fused: bool = True,
-    ) -> Refined:
-        """``Backend.refined``; with `fused`, and without ``on_step`` (per-step timing), the
-        whole refinement is one CUDA graph replay, else the steps run one by one."""
-        if on_step is not None or not (fused and self.graphs) or len(boxes) == 0:
-            return super().refined(features, boxes, labels, image_size, params, on_step, fused)
-        params = params or self.refinement
-        boxes = boxes.to(self.device, torch.float32)
-        labels = labels.to(self.device, torch.int64)
-        settings = algorithm2_settings(params, image_size, boxes)
-        captured = self._capture(tuple(features), boxes, labels, params.iterations)
+        settings: StepSettings,
+        iterations: int,
+    ) -> Refined | None:
+        """With ``graphs``, the whole refinement as one CUDA graph replay (captured once per
+        input shape); without, None (the steps run one by one)."""
+        if not self.graphs:
+            return None
+        labels = labels.to(torch.int64)
+        captured = self._capture(tuple(features), boxes, labels, iterations)
         for static, value in zip(captured.maps, features, strict=True):
             static.copy_(value)
         captured.boxes.copy_(boxes)

@@ -17,24 +17,22 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from iounet.export.tracking_manifest import TrackingManifest, load_tracking_manifest
 from iounet.export.tracking_refine import (
-    Step,
     TrackingRefineParams,
+    TrackingStep,
     rect_to_rel,
     rel_to_rect,
     step_pair,
     step_vector,
 )
 from iounet.runtime.refinement import RefineState, StepSettings, run_refinement
-from iounet.runtime.tracking_engines import TrackingEngine, open_engine
-
-Pair = tuple[Tensor, Tensor]
+from iounet.runtime.tracking_backends import TrackingBackend, open_tracking_backend
+from iounet.training.tracking_model import Pair
 
 
 @dataclass(frozen=True)
@@ -42,16 +40,16 @@ class TrackFeatures:
     """The IoU features of one test frame (``TrackerRefiner.iou_features``), reusable for
     ``predict_iou`` and ``refine`` on that frame."""
 
-    value: Any
+    value: object
 
 
 class TrackerRefiner:
-    """The IoU-Net of one tracked target on one engine (see ``iounet.runtime.tracking_engines``)."""
+    """The IoU-Net of one tracked target on one backend (``iounet.runtime.tracking_backends``)."""
 
-    def __init__(self, engine: TrackingEngine, manifest: TrackingManifest) -> None:
-        self.engine = engine
+    def __init__(self, backend: TrackingBackend, manifest: TrackingManifest) -> None:
+        self.backend = backend
         self.manifest = manifest
-        self._modulation: Any = None
+        self._modulation: object = None
 
     @classmethod
     def from_model(
@@ -66,11 +64,11 @@ class TrackerRefiner:
         folder's TensorRT engines, ``iounet build-engine``), or "torch", "torch-native",
         "torch-cuda" with ``checkpoint=`` the pytracking file it came from."""
         manifest = load_tracking_manifest(model_dir)
-        return cls(open_engine(manifest, backend, checkpoint, threads), manifest)
+        return cls(open_tracking_backend(manifest, backend, checkpoint, threads), manifest)
 
     @property
     def name(self) -> str:
-        return self.engine.name
+        return self.backend.name
 
     def backbone(self, image: Tensor) -> Pair:
         """layer2 and layer3 of a crop (3, H, W) or (1, 3, H, W), RGB in [0, 1]."""
@@ -82,7 +80,7 @@ class TrackerRefiner:
                 f"image must be one RGB crop (1, 3, H, W) of at least 32x32, got "
                 f"{tuple(image.shape)}"
             )
-        return self.engine.backbone(image)
+        return self.backend.backbone(image)
 
     def initialize(self, features: Sequence[Tensor], box: Tensor | Sequence[float]) -> None:
         """Set the target from the reference frame's (layer2, layer3) and its box (4,) x, y, w, h.
@@ -104,13 +102,13 @@ class TrackerRefiner:
             raise ValueError(
                 f"box {box.tolist()} lies outside the {width}x{height} crop of the reference maps"
             )
-        self._modulation = self.engine.modulation(layers, box[None])
+        self._modulation = self.backend.modulation(layers, box[None])
 
     def iou_features(self, features: Sequence[Tensor] | TrackFeatures) -> TrackFeatures:
         """The IoU features of a test frame's (layer2, layer3), to reuse within the frame."""
         if isinstance(features, TrackFeatures):
             return features
-        return TrackFeatures(self.engine.iou_features(self._layers(features)))
+        return TrackFeatures(self.backend.iou_features(self._layers(features)))
 
     def predict_iou(self, features: Sequence[Tensor] | TrackFeatures, proposals: Tensor) -> Tensor:
         """Predicted IoU (N,) of proposals (N, 4) x, y, w, h in the test frame."""
@@ -118,7 +116,7 @@ class TrackerRefiner:
         boxes = _proposals(proposals)
         if len(boxes) == 0:
             return boxes.new_zeros(0)
-        return self.engine.predict_iou(modulation, self.iou_features(features).value, boxes)
+        return self.backend.predict_iou(modulation, self.iou_features(features).value, boxes)
 
     def refine(
         self,
@@ -147,14 +145,14 @@ class TrackerRefiner:
         if len(boxes) == 0:
             return boxes.clone(), boxes.new_zeros(0)
         feats = self.iou_features(features).value
-        step = self.engine.step(modulation, feats, params.parametrization)
+        step = self.backend.step(modulation, feats, params.parametrization)
 
         def predict(current: Tensor) -> Tensor:
-            return self.engine.predict_iou(modulation, feats, current)
+            return self.backend.predict_iou(modulation, feats, current)
 
-        return _refine(boxes.to(self.engine.device), step, predict, params)
+        return _refine(boxes.to(self.backend.device), step, predict, params)
 
-    def _target(self) -> Any:
+    def _target(self) -> object:
         if self._modulation is None:
             raise RuntimeError("call initialize(reference_features, box) first")
         return self._modulation
@@ -180,9 +178,12 @@ class TrackerRefiner:
 
 
 def _refine(
-    boxes: Tensor, step: Step, predict: Callable[[Tensor], Tensor], params: TrackingRefineParams
+    boxes: Tensor,
+    step: TrackingStep,
+    predict: Callable[[Tensor], Tensor],
+    params: TrackingRefineParams,
 ) -> Pair:
-    """pytracking's refinement of boxes (K, 4) x, y, w, h with the engine's `step` of
+    """pytracking's refinement of boxes (K, 4) x, y, w, h with the backend's `step` of
     ``params.parametrization``, on ``run_refinement``: no box stops early and nothing is clipped.
 
     The step length is (xy, xy, wh, wh) times decay**i at iteration i. Returns the boxes after

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 from torch import Tensor
 
 from iounet.export.engine import (
+    EngineMetadata,
     check_engine_metadata,
     check_within_profile,
     engine_folder,
@@ -24,12 +26,16 @@ from iounet.export.engine import (
 )
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.plugins.trt_loader import import_tensorrt, load_plugin_library, plugin_library_version
-from iounet.runtime.backend import Backend, Features
+from iounet.runtime.backend import Backend, Maps
 from iounet.runtime.refinement import RefineState, Step, StepSettings
 
 if TYPE_CHECKING:
+    import tensorrt
+
     from iounet.export.tracking_manifest import TrackingManifest
 
+#: Tensors by name: an engine's inputs or outputs.
+NamedTensors = dict[str, Tensor]
 #: TensorRT data type names -> torch dtypes.
 _DTYPES = {
     "FLOAT": torch.float32,
@@ -55,7 +61,17 @@ def _stream_handle(device: torch.device) -> int:
     return torch.cuda.current_stream(device).cuda_stream
 
 
-def _output_allocator(trt: Any, role: str) -> Any:
+class ShapedOutputs(Protocol):
+    """The outputs TensorRT sizes while an engine runs (``_output_allocator``)."""
+
+    def begin(self, name: str, dtype: torch.dtype, device: torch.device) -> None:
+        """Expect output `name` of `dtype` on `device` from the next run."""
+
+    def result(self, name: str) -> Tensor:
+        """Output `name` of the run, at the shape TensorRT gave it."""
+
+
+def _output_allocator(trt: ModuleType, role: str) -> ShapedOutputs:
     """A ``trt.IOutputAllocator`` that gives the outputs whose shape depends on the data a new
     torch tensor each call (a result is never overwritten by the next call).
 
@@ -68,7 +84,7 @@ def _output_allocator(trt: Any, role: str) -> Any:
         def __init__(self) -> None:
             trt.IOutputAllocator.__init__(self)
             self.pending: dict[str, tuple[torch.dtype, torch.device]] = {}
-            self.buffers: dict[str, Tensor] = {}
+            self.buffers: NamedTensors = {}
             self.shapes: dict[str, tuple[int, ...]] = {}
 
         def begin(self, name: str, dtype: torch.dtype, device: torch.device) -> None:
@@ -91,7 +107,7 @@ def _output_allocator(trt: Any, role: str) -> Any:
         ) -> int:
             return self.reallocate_output(name, memory, size, alignment)
 
-        def notify_shape(self, name: str, shape: Any) -> None:
+        def notify_shape(self, name: str, shape: tensorrt.Dims) -> None:
             self.shapes[name] = tuple(int(d) for d in shape)
 
         def result(self, name: str) -> Tensor:
@@ -116,7 +132,13 @@ def _output_allocator(trt: Any, role: str) -> Any:
 class _Engine:
     """One deserialized engine with its execution context."""
 
-    def __init__(self, trt: Any, engine: Any, role: str, metadata: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        trt: ModuleType,
+        engine: tensorrt.ICudaEngine,
+        role: str,
+        metadata: EngineMetadata,
+    ) -> None:
         self.trt = trt
         self.role = role
         self.metadata = metadata
@@ -127,16 +149,14 @@ class _Engine:
         self.outputs = [
             name for name in names if engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT
         ]
-        self.allocator: Any = None  # the output allocator, once an output's shape needs it
+        self.allocator: ShapedOutputs | None = None  # once an output's shape needs it
 
-    def check(self, inputs: dict[str, Tensor]) -> None:
+    def check(self, inputs: NamedTensors) -> None:
         """ValueError when an input's shape lies outside the engine's optimization profile."""
         for name, tensor in inputs.items():
             check_within_profile(self.metadata, self.role, name, tuple(tensor.shape))
 
-    def run(
-        self, inputs: dict[str, Tensor], outputs: dict[str, Tensor] | None = None
-    ) -> dict[str, Tensor]:
+    def run(self, inputs: NamedTensors, outputs: NamedTensors | None = None) -> NamedTensors:
         """Enqueue the engine on the current stream; new output tensors unless given.
 
         An output whose shape depends on the data (TensorRT gives -1 for a dimension once the
@@ -176,7 +196,7 @@ class _Engine:
 
 def open_engines(
     manifest: Manifest | TrackingManifest, precision: str, roles: tuple[str, ...]
-) -> tuple[dict[str, Any], dict[str, _Engine]]:
+) -> tuple[EngineMetadata, dict[str, _Engine]]:
     """The checked metadata and the engines of `roles` that ``iounet build-engine`` built for a
     model folder. ImportError without TensorRT (saying what to install), FileNotFoundError
     without engines, ValueError for engines of another TensorRT, plugin library or export."""
@@ -205,7 +225,7 @@ def open_engines(
     return metadata, engines
 
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(Backend[Maps]):
     """The TensorRT engines of an exported model (``iounet build-engine``) on the current GPU;
     the detector's (rpn, box_head) too when the model folder holds it."""
 
@@ -228,14 +248,14 @@ class TensorRTBackend(Backend):
             if "rois" in metadata["engines"][role]["profile"]
         )
 
-    def features(self, image: Tensor) -> Features:
+    def features(self, image: Tensor) -> Maps:
         """FPN maps p2..p5 of ``image`` (torch CUDA tensors in the engines' dtype)."""
         backbone = self._engines["backbone"]
         image = self._input(backbone, "image", image)
         outputs = backbone.run({"image": image})
         return tuple(outputs[name] for name in self.manifest.map_names)
 
-    def proposals(self, features: Features, image_size: tuple[int, int]) -> Tensor:
+    def proposals(self, features: Maps, image_size: tuple[int, int]) -> Tensor:
         """The rpn engine's proposals (P, 4) float32 on this device; P is known only once the
         engine has run (its NMS decides), so this call waits for the rpn engine."""
         if not self.has_detector:
@@ -246,7 +266,7 @@ class TensorRTBackend(Backend):
         return rpn.run(inputs)["proposals"]
 
     def raw_detections(
-        self, features: Features, proposals: Tensor, image_size: tuple[int, int]
+        self, features: Maps, proposals: Tensor, image_size: tuple[int, int]
     ) -> tuple[Tensor, Tensor, Tensor]:
         """The box_head engine's raw detections: boxes (D, 4), scores (D,), labels (D,) int64,
         padded at the end with the manifest's padding score; empty without proposals."""
@@ -265,22 +285,20 @@ class TensorRTBackend(Backend):
         outputs = box_head.run(inputs)
         return outputs["boxes"], outputs["scores"], outputs["labels"]
 
-    def iou(self, features: Features, rois: Tensor, labels: Tensor) -> Tensor:
+    def iou(self, features: Maps, rois: Tensor, labels: Tensor) -> Tensor:
         if len(rois) == 0:
             return torch.zeros(0, device=self.device)
         head = self._engines["head"]
         return head.run(self._box_inputs(head, features, rois, labels))["iou"]
 
-    def iou_and_grad(
-        self, features: Features, rois: Tensor, labels: Tensor
-    ) -> tuple[Tensor, Tensor]:
+    def iou_and_grad(self, features: Maps, rois: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         if len(rois) == 0:
             return torch.zeros(0, device=self.device), torch.zeros((0, 4), device=self.device)
         engine = self._engines["iou_grad"]
         outputs = engine.run(self._box_inputs(engine, features, rois, labels))
         return outputs["iou"], outputs["grad"]
 
-    def fused_step(self, features: Features, labels: Tensor) -> Step:
+    def fused_step(self, features: Maps, labels: Tensor) -> Step:
         """One call of the refine_step engine per step, queued on the current stream."""
         engine = self._engines["refine_step"]
         inputs = self._map_inputs(engine, features)
@@ -306,15 +324,15 @@ class TensorRTBackend(Backend):
         torch.cuda.synchronize(self.device)
 
     def _box_inputs(
-        self, engine: _Engine, features: Features, rois: Tensor, labels: Tensor
-    ) -> dict[str, Tensor]:
+        self, engine: _Engine, features: Maps, rois: Tensor, labels: Tensor
+    ) -> NamedTensors:
         """The maps, rois and labels as the engine's input tensors on this device."""
         inputs = self._map_inputs(engine, features)
         inputs["rois"] = self._input(engine, "rois", rois)
         inputs["labels"] = self._input(engine, "labels", labels)
         return inputs
 
-    def _map_inputs(self, engine: _Engine, features: Features) -> dict[str, Tensor]:
+    def _map_inputs(self, engine: _Engine, features: Maps) -> NamedTensors:
         """The maps p2..p5 as the engine's input tensors on this device."""
         names = self.manifest.map_names
         if len(features) != len(names):

@@ -7,12 +7,12 @@ import hashlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import torch
 import torchvision
 
-from iounet._version import __version__
+from iounet import version
 from iounet.files import atomic_path
 from iounet.training.config import TrainConfig
 from iounet.training.joint_model import JointIoUNet
@@ -23,20 +23,37 @@ LAST_NAME = "last.pt"
 CHECKSUM_KEY = "tensor_sha256"
 
 
+class Checkpoint(TypedDict):
+    """What a training checkpoint holds (``Trainer.state``): the model's state dict, its
+    architecture, the optimizer's and the gradient scaler's states, the step, the config
+    (``TrainConfig.to_dict``) and the class names; ``save_checkpoint`` adds the versions and the
+    tensor checksum (``CHECKSUM_KEY``)."""
+
+    model: dict[str, torch.Tensor]
+    architecture: dict[str, object]
+    optimizer: NotRequired[dict[str, object]]
+    scaler: NotRequired[dict[str, object]]
+    step: int
+    config: dict[str, object]
+    class_names: list[str]
+    versions: NotRequired[dict[str, str]]
+    tensor_sha256: NotRequired[str]
+
+
 class CheckpointWarning(UserWarning):
-    """A checkpoint was loaded without its tensors being checked (written before checksums)."""
+    """A checkpoint without a checksum was loaded: its tensors could not be checked."""
 
 
 def versions() -> dict[str, str]:
     """Versions recorded in every checkpoint."""
     return {
-        "iounet": __version__,
+        "iounet": version.__version__,
         "torch": str(torch.__version__),
         "torchvision": str(torchvision.__version__),
     }
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, state: Checkpoint) -> Path:
     """Write `state` to `path` atomically: a complete file appears, or the old one stays."""
     path = Path(path)
     state = {key: value for key, value in state.items() if key != CHECKSUM_KEY}
@@ -46,7 +63,7 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def tensor_checksum(state: Any) -> str:
+def tensor_checksum(state: object) -> str:
     """sha256 (hex) over every tensor in `state` (nested dicts, lists and tuples): each one's
     place, dtype, shape and bytes, in order; other values are not part of it."""
     digest = hashlib.sha256()
@@ -58,7 +75,7 @@ def tensor_checksum(state: Any) -> str:
     return digest.hexdigest()
 
 
-def _tensors(value: Any, place: str) -> Iterator[tuple[str, torch.Tensor]]:
+def _tensors(value: object, place: str) -> Iterator[tuple[str, torch.Tensor]]:
     if isinstance(value, torch.Tensor):
         yield place, value
     elif isinstance(value, dict):
@@ -70,7 +87,7 @@ def _tensors(value: Any, place: str) -> Iterator[tuple[str, torch.Tensor]]:
             yield from _tensors(item, f"{place}/{index}")
 
 
-def verify_checksum(state: dict[str, Any], source: str) -> None:
+def verify_checksum(state: Checkpoint, source: str) -> None:
     """ValueError when the tensors of a loaded checkpoint differ from its checksum (a corrupt
     file); a CheckpointWarning when it has none (written by an older iounet)."""
     expected = state.get(CHECKSUM_KEY)
@@ -87,7 +104,7 @@ def verify_checksum(state: dict[str, Any], source: str) -> None:
         )
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> Checkpoint:
     """Read a checkpoint written by save_checkpoint; clear errors for missing or corrupt files
     (tensors checked against their checksum; older files without one load with a warning)."""
     path = Path(path)
@@ -108,7 +125,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def check_compatible(
-    state: dict[str, Any], architecture: dict, class_names: list[str], source: str
+    state: Checkpoint, architecture: dict, class_names: list[str], source: str
 ) -> None:
     """Raise ValueError when a checkpoint was made for another architecture or class list."""
     if state["class_names"] != list(class_names):
@@ -121,7 +138,7 @@ def check_compatible(
 
 def load_model(
     path: str | Path, device: str | torch.device = "cpu"
-) -> tuple[IoUNet | JointIoUNet, dict[str, Any]]:
+) -> tuple[IoUNet | JointIoUNet, Checkpoint]:
     """The model stored in a checkpoint (in eval mode on `device`): an IoUNet (``iounet train``
     of kind "iou") or a JointIoUNet (kind "joint"), and the checkpoint itself."""
     state = load_checkpoint(path)

@@ -11,7 +11,7 @@ import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeGuard
 
 import numpy as np
 import torch
@@ -20,7 +20,11 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from iounet.training.images import decode_image, resize_decoded, resized_shape
+from iounet.resize import resized_shape
+from iounet.training.images import decode_image, resize_decoded
+
+if TYPE_CHECKING:
+    from iounet.training.checkpoint import Checkpoint
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,7 +237,7 @@ def _load_coco(path: Path) -> COCO:
     return coco
 
 
-def _check_annotations(path: Path, data: Any) -> None:
+def _check_annotations(path: Path, data: object) -> None:
     """Raise ValueError naming `path` and the entry if `data` is not a usable COCO dataset."""
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be an object, got {type(data).__name__}")
@@ -251,7 +255,10 @@ def _check_annotations(path: Path, data: Any) -> None:
 
 
 def _check_entries(
-    path: Path, data: dict, key: str, fields: tuple[tuple[str, Callable[[Any], bool], str], ...]
+    path: Path,
+    data: dict[str, object],
+    key: str,
+    fields: tuple[tuple[str, Callable[[object], bool], str], ...],
 ) -> set[int]:
     """Check that `data[key]` is a list of objects with `fields` and unique ids; return the ids."""
     entries = data.get(key)
@@ -275,19 +282,19 @@ def _check_entries(
     return ids
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_positive_int(value: Any) -> bool:
+def _is_positive_int(value: object) -> bool:
     return _is_int(value) and value > 0
 
 
-def _is_str(value: Any) -> bool:
+def _is_str(value: object) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def _is_bbox(value: Any) -> bool:
+def _is_bbox(value: object) -> bool:
     return (
         isinstance(value, list)
         and len(value) == 4
@@ -312,7 +319,7 @@ _ANNOTATION_FIELDS = (
 
 
 def dataset_for_checkpoint(
-    images: str | Path, annotations: str | Path, state: dict[str, Any], checkpoint: str | Path
+    images: str | Path, annotations: str | Path, state: Checkpoint, checkpoint: str | Path
 ) -> CocoDetection:
     """The images of a COCO file, sized as the checkpoint `state` was trained; ValueError when the
     file's classes are not the checkpoint's."""

@@ -13,12 +13,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data = subparsers.add_parser("data", help="data sets")
     actions = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     synth = actions.add_parser("synth", help="generate the synthetic detection benchmark")
-    synth.add_argument("--out", type=Path, required=True, help="folder to create")
+    add_output_arguments(synth, "folder to create")
     synth.add_argument("--train", type=int, default=400, help="training images")
     synth.add_argument("--val", type=int, default=100, help="validation images")
     synth.add_argument("--size", type=int, default=256, help="image side in pixels")
     synth.add_argument("--seed", type=int, default=0)
-    synth.add_argument("--force", action="store_true", help="replace an existing --out")
     synth.set_defaults(run=_synth)
 
     train = subparsers.add_parser(
@@ -45,10 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     detect.add_argument("--checkpoint", type=Path, required=True, help="detector checkpoint")
     detect.add_argument("--images", type=Path, required=True)
     detect.add_argument("--annotations", type=Path, required=True, help="COCO file of the images")
-    detect.add_argument("--out", type=Path, required=True, help="COCO results JSON to write")
-    detect.add_argument("--force", action="store_true", help="replace an existing --out")
+    add_output_arguments(detect, "COCO results JSON to write")
     detect.add_argument("--device", default="cpu")
     detect.set_defaults(run=_detect)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--out`` (required; `what` is its help) and ``--force`` (replace an existing --out)."""
+    parser.add_argument("--out", type=Path, required=True, help=what)
+    parser.add_argument("--force", action="store_true", help="replace an existing --out")
 
 
 def _training_arguments(parser: argparse.ArgumentParser, recipes: str) -> None:

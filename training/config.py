@@ -15,11 +15,12 @@ from __future__ import annotations
 import difflib
 import math
 import tomllib
+import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from iounet.training.joint_model import DetectorConfig
 from iounet.training.model import ModelConfig
@@ -30,9 +31,11 @@ from iounet.training.model import ModelConfig
 KINDS = ("iou", "joint", "iou-branch")
 #: Seeds are in [0, SEED_LIMIT).
 SEED_LIMIT = 2**32
+#: A config dataclass (``TrainConfig`` or one of its sections).
+ConfigT = TypeVar("ConfigT")
 
 
-def _require(ok: bool, name: str, rule: str, value: Any) -> None:
+def _require(ok: bool, name: str, rule: str, value: object) -> None:
     """Raise ValueError "`name` must be `rule`, got `value`" unless `ok`."""
     if not ok:
         raise ValueError(f"{name} must be {rule}, got {value!r}")
@@ -172,12 +175,12 @@ class TrainConfig:
         weight = self.detector.iou_loss_weight
         _require(weight >= 0, "detector.iou_loss_weight", ">= 0", weight)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         """Plain-data form, stored in checkpoints."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+    def from_dict(cls, data: dict[str, object]) -> TrainConfig:
         """Inverse of to_dict (also reads TOML tables).
 
         Raises:
@@ -199,7 +202,7 @@ _CPU_DETECTOR = DetectorConfig(
     rpn_post_nms_top_n=300,
     detections_per_image=300,
 )
-_CPU_DETECTOR_DATA = DataConfig(min_size=192, max_size=192, boxes_per_image=128, num_workers=1)
+_CPU_DATA = DataConfig(min_size=192, max_size=192, boxes_per_image=128, num_workers=1)
 #: Gradient clipping gives the from-scratch detector margin against the loss spikes that other
 #: CPUs' rounding (or another seed) can turn into a divergence; typical norms are 2-12.
 _CPU_DETECTOR_OPTIM = OptimConfig(
@@ -211,6 +214,21 @@ _CPU_DETECTOR_OPTIM = OptimConfig(
     warmup_lr=0.002,
     clip_grad_norm=10.0,
 )
+
+
+def _cpu_detector_recipe(recipe: str, kind: str, detector: DetectorConfig) -> TrainConfig:
+    """A recipe on the CPU demo's model, data and detector schedule."""
+    return TrainConfig(
+        recipe=recipe,
+        kind=kind,
+        model=_CPU_MODEL,
+        detector=detector,
+        data=_CPU_DATA,
+        optim=_CPU_DETECTOR_OPTIM,
+        checkpoint_every=100,
+        amp=False,
+    )
+
 
 RECIPES: dict[str, TrainConfig] = {
     "paper": TrainConfig(),
@@ -227,7 +245,7 @@ RECIPES: dict[str, TrainConfig] = {
     "cpu-demo": TrainConfig(
         recipe="cpu-demo",
         model=replace(_CPU_MODEL, frozen_backbone=True),
-        data=DataConfig(min_size=192, max_size=192, boxes_per_image=128, num_workers=1),
+        data=_CPU_DATA,
         optim=OptimConfig(
             lr=0.04,
             batch_size=8,
@@ -240,36 +258,13 @@ RECIPES: dict[str, TrainConfig] = {
         amp=False,
     ),
     # The Faster R-CNN of the CPU demo, trained from scratch (boxes_per_image: sampled RoIs).
-    "detector-cpu-demo": TrainConfig(
-        recipe="detector-cpu-demo",
-        model=_CPU_MODEL,
-        data=_CPU_DETECTOR_DATA,
-        optim=_CPU_DETECTOR_OPTIM,
-        checkpoint_every=100,
-        amp=False,
-    ),
+    "detector-cpu-demo": _cpu_detector_recipe("detector-cpu-demo", "iou", DetectorConfig()),
     # The joint IoU-Net of `make demo`, from scratch on two CPU cores (boxes_per_image: the
     # jittered boxes of the IoU branch per image).
-    "joint-cpu-demo": TrainConfig(
-        recipe="joint-cpu-demo",
-        kind="joint",
-        model=_CPU_MODEL,
-        detector=_CPU_DETECTOR,
-        data=_CPU_DETECTOR_DATA,
-        optim=_CPU_DETECTOR_OPTIM,
-        checkpoint_every=100,
-        amp=False,
-    ),
+    "joint-cpu-demo": _cpu_detector_recipe("joint-cpu-demo", "joint", _CPU_DETECTOR),
     # Its FPN baseline: the same detector and schedule without the IoU branch.
-    "fpn-cpu-demo": TrainConfig(
-        recipe="fpn-cpu-demo",
-        kind="joint",
-        model=_CPU_MODEL,
-        detector=replace(_CPU_DETECTOR, iou_branch=False),
-        data=_CPU_DETECTOR_DATA,
-        optim=_CPU_DETECTOR_OPTIM,
-        checkpoint_every=100,
-        amp=False,
+    "fpn-cpu-demo": _cpu_detector_recipe(
+        "fpn-cpu-demo", "joint", replace(_CPU_DETECTOR, iou_branch=False)
     ),
     # The paper's standalone IoU-Net (Sec. 4.1-4.2) on a trained detector: only the IoU branch
     # trains, on the frozen backbone of `--from` (SGD lr 0.01, batch 16, 160k steps).
@@ -303,7 +298,7 @@ def load_config(path: str | Path | None = None, recipe: str | None = None) -> Tr
         ValueError: the file is not TOML, names an unknown recipe or key, or gives a field a
             value of the wrong type or out of its range (see TrainConfig.from_dict).
     """
-    overrides: dict[str, Any] = {}
+    overrides: dict[str, object] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -340,7 +335,7 @@ _TYPE_NAMES: dict[type, str] = {
 _PLURAL_NAMES: dict[type, str] = {int: "integers", float: "numbers"}
 
 
-def _checked(name: str, value: Any, kind: Any) -> Any:
+def _checked(name: str, value: object, kind: type | types.GenericAlias) -> object:
     """`value` of field `name` as its type `kind` holds it (ints as floats, lists as tuples).
 
     Raises:
@@ -360,7 +355,7 @@ def _checked(name: str, value: Any, kind: Any) -> Any:
     return value
 
 
-def _build(cls: type, data: dict[str, Any], section: str) -> Any:
+def _build(cls: type[ConfigT], data: object, section: str) -> ConfigT:
     """An instance of the config dataclass `cls` from `data`, the table of `section` ("": the
     top level), every field checked for its type and range."""
     prefix = f"{section}." if section else ""

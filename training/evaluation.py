@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,6 +22,9 @@ from iounet.training.jitter import jitter_boxes
 from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import IoUNet, to_iou
 from iounet.training.trainer import step_generator
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -124,7 +127,7 @@ def scatter_plot(path: str | Path, evaluation: PredictorEvaluation, title: str) 
     return save_figure(figure, path)
 
 
-def save_figure(figure: Any, path: str | Path) -> Path:
+def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write a matplotlib figure as PNG atomically and close it."""
     from matplotlib import pyplot
 

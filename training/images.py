@@ -1,11 +1,12 @@
-"""Images as the model takes them: one loader, one resize rule, padded batches.
+"""Images as the model takes them: one loader, padded batches, and the resize rule of
+``iounet.resize``.
 
 Files are decoded as viewers show them (:func:`decode_image`: EXIF orientation, a pixel limit
 against decompression bombs) and resized in 8 bits (:func:`resize_decoded`): training and
 evaluation (``CocoDetection``), ``iounet infer`` (:func:`load_resized`) and the Python API on
-uint8 images (``iounet.runtime.Pipeline``, :func:`resize_pixels`) take the same pixels, sized by
-:func:`resized_shape`. PIL is imported inside the functions that need it, so importing this
-module loads no image library.
+uint8 images (``iounet.runtime.Pipeline``, ``iounet.resize.resize_pixels``) take the same
+pixels, sized by ``iounet.resize.resized_shape``. PIL is imported inside the functions that need
+it, so importing this module loads no image library.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import Tensor
+
+from iounet.resize import resize_image, resize_rgb8, resized_shape, rgb8_to_tensor
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -47,23 +50,6 @@ def pad_images(images: list[Tensor], size_divisor: int = SIZE_DIVISOR) -> Tensor
     for index, image in enumerate(images):
         batch[index, :, : image.shape[1], : image.shape[2]] = image
     return batch
-
-
-def resized_shape(height: int, width: int, min_size: int, max_size: int) -> tuple[float, int, int]:
-    """The scale factor and the (height, width) an image of (height, width) is resized to: the
-    short side becomes `min_size` unless the long side would then exceed `max_size`."""
-    scale = min(min_size / min(height, width), max_size / max(height, width))
-    return (
-        scale,
-        max(1, math.floor(height * scale + 1e-6)),
-        max(1, math.floor(width * scale + 1e-6)),
-    )
-
-
-def source_region(height: int, width: int, scale: float, size: tuple[int, int]) -> tuple:
-    """The region of the original image that the resized image of `size` covers (PIL's box):
-    (width, height) / scale, one exact factor for both axes."""
-    return (0.0, 0.0, min(width, size[1] / scale), min(height, size[0] / scale))
 
 
 def is_wide(image: Image.Image) -> bool:
@@ -167,8 +153,7 @@ def to_tensor(image: Image.Image) -> Tensor:
     / 65535 (not clipped to 8 bits)."""
     if is_wide(image):
         return wide_to_tensor(image)
-    pixels = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
-    return pixels.to(torch.float32).div_(255.0)
+    return rgb8_to_tensor(image)
 
 
 def load_image(path: str | os.PathLike, max_pixels: int | None = None) -> Tensor:
@@ -196,61 +181,14 @@ def load_resized(
     return resized, scale, (height, width)
 
 
-def resize_pixels(image: Tensor, min_size: int, max_size: int) -> tuple[Tensor, float]:
-    """A uint8 (3, H, W) image resized as an 8-bit file is (:func:`resize_decoded`), and its
-    scale."""
-    from PIL import Image
-
-    pixels = Image.fromarray(image.detach().to("cpu").permute(1, 2, 0).numpy())
-    resized, scale = resize_decoded(pixels, tuple(image.shape[1:]), min_size, max_size)
-    return resized.to(image.device), scale
-
-
 def resize_decoded(
     image: Image.Image, size: tuple[int, int], min_size: int, max_size: int
 ) -> tuple[Tensor, float]:
     """A decoded image (``open_image``) of full-resolution `size` (height, width) resized by the
-    rule of :func:`resized_shape`, as float32 (3, h, w), and its scale: 8-bit images with PIL's
-    bilinear filter in 8 bits, 16-bit images by :func:`resize_image` in float. The image may be
-    smaller than `size` (a JPEG reduced at decode): the same region of the scene is taken."""
-    height, width = size
+    rule of ``iounet.resize``, as float32 (3, h, w), and its scale: 8-bit images with PIL's
+    bilinear filter in 8 bits (``resize_rgb8``), 16-bit images by ``resize_image`` in float. The
+    image may be smaller than `size` (a JPEG reduced at decode): the same region of the scene is
+    taken."""
     if is_wide(image):
         return resize_image(wide_to_tensor(image), min_size, max_size)
-    scale, new_height, new_width = resized_shape(height, width, min_size, max_size)
-    if scale == 1.0 and image.size == (width, height):
-        return to_tensor(image), scale
-    factor = image.size[0] / width  # below 1 for a JPEG reduced at decode
-    region = source_region(image.size[1], image.size[0], scale / factor, (new_height, new_width))
-    from PIL import Image
-
-    resized = image.resize((new_width, new_height), Image.Resampling.BILINEAR, box=region)
-    return to_tensor(resized), scale
-
-
-def _resize_channel(channel: np.ndarray, size: tuple[int, int], region: tuple) -> np.ndarray:
-    from PIL import Image
-
-    return np.asarray(
-        Image.fromarray(np.ascontiguousarray(channel)).resize(
-            (size[1], size[0]), Image.Resampling.BILINEAR, box=region
-        )
-    )
-
-
-def resize_image(image: Tensor, min_size: int, max_size: int) -> tuple[Tensor, float]:
-    """A float (3, H, W) image resized by the rule of :func:`resized_shape` and its scale.
-
-    PIL's bilinear filter over the same source region as the datasets' resize, per channel in
-    float32 (nothing is rounded to 8 bits); an image already at its size is returned as is.
-    """
-    height, width = (int(v) for v in image.shape[1:])
-    scale, new_height, new_width = resized_shape(height, width, min_size, max_size)
-    if scale == 1.0:
-        return image, scale
-
-    region = source_region(height, width, scale, (new_height, new_width))
-    channels = [
-        _resize_channel(channel, (new_height, new_width), region)
-        for channel in image.detach().to("cpu", torch.float32).numpy()
-    ]
-    return torch.from_numpy(np.stack(channels)).to(image.device), scale
+    return resize_rgb8(image, size, min_size, max_size)

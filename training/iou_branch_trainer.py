@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from iounet.progress import Progress
-from iounet.training.checkpoint import load_checkpoint, tensor_checksum
+from iounet.training.checkpoint import Checkpoint, load_checkpoint, tensor_checksum
 from iounet.training.config import TrainConfig
 from iounet.training.feature_cache import CachedImage, FeatureCache, files_sha256
 from iounet.training.images import SIZE_DIVISOR, pad_images
@@ -31,7 +31,7 @@ CACHE_FOLDER = "feature-cache"
 _MB = 1 << 20
 
 
-def iou_branch_config(config: TrainConfig, detector_state: dict) -> TrainConfig:
+def iou_branch_config(config: TrainConfig, detector_state: Checkpoint) -> TrainConfig:
     """The run's config: `config` with the model, detector and resize rule of the detector
     checkpoint `detector_state` (the IoU branch switched on)."""
     trained = TrainConfig.from_dict(detector_state["config"])
@@ -43,7 +43,7 @@ def iou_branch_config(config: TrainConfig, detector_state: dict) -> TrainConfig:
     )
 
 
-def load_detector_state(path: str | Path) -> dict:
+def load_detector_state(path: str | Path) -> Checkpoint:
     """The checkpoint `--from` names, checked before any work (clear errors for a missing,
     corrupt or foreign file, or one without a detector)."""
     state = load_checkpoint(path)
@@ -60,32 +60,25 @@ class IoUBranchTrainer(Trainer):
     """Smooth-L1 on the normalized IoU of jittered ground truth, on cached frozen maps; only
     the IoU head's parameters train (and are averaged over processes under torchrun)."""
 
-    def __init__(
-        self,
-        data_dir: str | Path,
-        out_dir: str | Path,
-        config: TrainConfig,
-        weights: str | Path | None = None,
-        device: str | None = None,
-    ) -> None:
+    cache: FeatureCache | None = None
+
+    def configure(self, config: TrainConfig, weights: str | Path | None) -> TrainConfig:
         if not config.detector_from:
             raise ValueError("an IoU branch trains on a detector: pass --from CHECKPOINT")
         if weights is not None:
             raise ValueError("an IoU branch starts from --from's detector, not from --weights")
         self._detector_state = load_detector_state(config.detector_from)
-        config = iou_branch_config(config, self._detector_state)
-        self.cache: FeatureCache | None = None
-        super().__init__(data_dir, out_dir, config, None, device)
-        if self._detector_state["class_names"] != self.class_names:
-            raise ValueError(
-                f"{config.detector_from} was trained on classes "
-                f"{self._detector_state['class_names']}, not this data set's {self.class_names}"
-            )
-        del self._detector_state
+        return iou_branch_config(config, self._detector_state)
 
     def build_model(self, weights: str | Path | None) -> nn.Module:
         del weights
         config, state = self.config, self._detector_state
+        del self._detector_state
+        if state["class_names"] != self.class_names:
+            raise ValueError(
+                f"{config.detector_from} was trained on classes "
+                f"{state['class_names']}, not this data set's {self.class_names}"
+            )
         model = JointIoUNet(config.model, config.detector, len(state["class_names"]))
         detector = {k: v for k, v in state["model"].items() if not k.startswith("head.")}
         missing, unexpected = model.load_state_dict(detector, strict=False)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from iounet.training.images import pad_images
 from iounet.training.joint_model import JointIoUNet
 from iounet.training.model import to_target
-from iounet.training.trainer import Trainer, training_boxes
+from iounet.training.trainer import Trainer
 
 
 class JointTrainer(Trainer):
@@ -30,9 +30,7 @@ class JointTrainer(Trainer):
     def compute_loss(
         self, images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
     ) -> Tensor:
-        config = self.config
-        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
-        rois, labels, ious = training_boxes(targets, sizes, config, generator)
+        sizes, rois, labels, ious = self.jittered_boxes(images, targets, generator)
         device = self.device
         losses = self.parallel(
             pad_images(images).to(device),
@@ -41,6 +39,6 @@ class JointTrainer(Trainer):
             rois.to(device),
             labels.to(device),
             to_target(ious.to(device)),
-            config.optim.smooth_l1_beta,
+            self.config.optim.smooth_l1_beta,
         )
         return sum(losses.values())

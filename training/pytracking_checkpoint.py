@@ -16,9 +16,10 @@ import functools
 import os
 import pickle
 import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO, TypeGuard
 
 import torch
 from torch import Tensor
@@ -30,24 +31,24 @@ class Placeholder:
     module: str = ""
     qualname: str = ""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: object, **kwargs: object) -> None:
         self.args, self.kwargs = args, kwargs
-        self.state: Any = None
-        self.items: list[Any] = []
+        self.state: object = None
+        self.items: list[object] = []
 
-    def __setstate__(self, state: Any) -> None:
+    def __setstate__(self, state: object) -> None:
         self.state = state
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: object, value: object) -> None:
         self.items.append((key, value))
 
-    def append(self, value: Any) -> None:
+    def append(self, value: object) -> None:
         self.items.append(value)
 
-    def extend(self, values: Any) -> None:
+    def extend(self, values: Iterable[object]) -> None:
         self.items.extend(values)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Placeholder:
+    def __call__(self, *args: object, **kwargs: object) -> Placeholder:
         """What calling the object would have made: another placeholder (nothing runs)."""
         return _placeholder(self.module, f"{self.qualname}()")(*args, **kwargs)
 
@@ -60,16 +61,22 @@ def _placeholder(module: str, name: str) -> type[Placeholder]:
     return type(name.replace(".", "_"), (Placeholder,), {"module": module, "qualname": name})
 
 
-def _rebuild_tensor(storage: Any, offset: int, size: Any, stride: Any, *_: Any) -> Tensor:
+def _rebuild_tensor(
+    storage: torch.TypedStorage,
+    offset: int,
+    size: tuple[int, ...],
+    stride: tuple[int, ...],
+    *_: object,
+) -> Tensor:
     """torch's tensor rebuilders without their hooks and metadata (only the data counts)."""
     return torch._utils._rebuild_tensor(storage, offset, size, stride)
 
 
-def _rebuild_parameter(data: Tensor, *_: Any) -> Tensor:
+def _rebuild_parameter(data: Tensor, *_: object) -> Tensor:
     return data
 
 
-_ALLOWED: dict[tuple[str, str], Any] = {
+_ALLOWED: dict[tuple[str, str], Callable[..., object]] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
@@ -86,7 +93,7 @@ _ALLOWED: dict[tuple[str, str], Any] = {
 class RestrictedUnpickler(pickle.Unpickler):
     """Rebuilds tensors and plain containers; any other global becomes a ``Placeholder``."""
 
-    def find_class(self, module: str, name: str) -> Any:
+    def find_class(self, module: str, name: str) -> object:
         if (module, name) in _ALLOWED:
             return _ALLOWED[(module, name)]
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -94,7 +101,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         return _placeholder(module, name)
 
 
-def _load(file: Any, **kwargs: Any) -> Any:
+def _load(file: BinaryIO, **kwargs: object) -> object:
     return RestrictedUnpickler(file, **kwargs).load()
 
 
@@ -114,7 +121,7 @@ class PytrackingCheckpoint:
     epoch: int | None
 
 
-def read_checkpoint(path: str | os.PathLike) -> Any:
+def read_checkpoint(path: str | os.PathLike) -> object:
     """The unpickled contents of a torch checkpoint file, with unknown classes as placeholders.
 
     Raises FileNotFoundError for a missing file and ValueError for a file torch cannot read.
@@ -137,12 +144,12 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
         raise ValueError(f"{path} is not a readable PyTorch checkpoint: {error}") from error
 
 
-def is_pytracking_checkpoint(contents: Any) -> bool:
+def is_pytracking_checkpoint(contents: object) -> TypeGuard[dict[str, object]]:
     """Whether unpickled checkpoint contents are pytracking's: a dict with a ``net`` state dict."""
     return isinstance(contents, dict) and isinstance(contents.get("net"), dict)
 
 
-def pytracking_checkpoint(contents: Any, source: str = "checkpoint") -> PytrackingCheckpoint:
+def pytracking_checkpoint(contents: object, source: str = "checkpoint") -> PytrackingCheckpoint:
     """The weights and description of unpickled pytracking checkpoint contents."""
     if not is_pytracking_checkpoint(contents):
         found = sorted(map(str, contents))[:8] if isinstance(contents, dict) else None
@@ -164,7 +171,7 @@ def load_pytracking_checkpoint(path: str | os.PathLike) -> PytrackingCheckpoint:
     return pytracking_checkpoint(read_checkpoint(path), str(path))
 
 
-def _constructor_name(constructor: Any) -> str | None:
+def _constructor_name(constructor: object) -> str | None:
     """``fun_module.fun_name`` of pytracking's NetConstructor, read from its recorded state."""
     state = getattr(constructor, "state", None)
     if isinstance(state, dict) and isinstance(state.get("fun_name"), str):

@@ -36,6 +36,7 @@ TEST_POOL = (5, 3)
 IMAGE_MEAN = (0.485, 0.456, 0.406)
 IMAGE_STD = (0.229, 0.224, 0.225)
 
+#: Two tensors: layer2 and layer3 maps, modulation vectors, IoU features, or IoU and gradient.
 Pair = tuple[Tensor, Tensor]
 
 

@@ -14,7 +14,6 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -24,7 +23,13 @@ from torch.utils.data import DataLoader
 
 from iounet.progress import Progress
 from iounet.staging import remove_stale
-from iounet.training.checkpoint import LAST_NAME, check_compatible, load_checkpoint, save_checkpoint
+from iounet.training.checkpoint import (
+    LAST_NAME,
+    Checkpoint,
+    check_compatible,
+    load_checkpoint,
+    save_checkpoint,
+)
 from iounet.training.coco_dataset import CocoDetection, collate
 from iounet.training.config import TrainConfig
 from iounet.training.images import pad_images
@@ -118,8 +123,8 @@ def flip_batch(
 class Trainer:
     """Trains an IoUNet on a COCO-format folder (`train/images`, `train/annotations.json`).
 
-    Subclasses train other models on the same loop by overriding build_model, architecture and
-    compute_loss.
+    Subclasses train other models on the same loop by overriding configure, build_model,
+    architecture and compute_loss.
     """
 
     def __init__(
@@ -130,7 +135,7 @@ class Trainer:
         weights: str | Path | None = None,
         device: str | None = None,
     ) -> None:
-        self.config = config
+        self.config = config = self.configure(config, weights)
         self.out_dir = Path(out_dir)
         self.distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
         self.rank, self.world = 0, 1
@@ -180,6 +185,12 @@ class Trainer:
                 self.parallel_module(), device_ids=ids, find_unused_parameters=True
             )
 
+    def configure(self, config: TrainConfig, weights: str | Path | None) -> TrainConfig:
+        """The configuration to train with, from the one given (subclasses check or complete
+        it before anything is set up)."""
+        del weights
+        return config
+
     def build_model(self, weights: str | Path | None) -> nn.Module:
         """The model to train, on the CPU."""
         config = self.config
@@ -219,14 +230,22 @@ class Trainer:
         self, images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
     ) -> Tensor:
         """Smooth-L1 between predicted and true normalized IoU of jittered boxes."""
-        config = self.config
-        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
-        rois, labels, ious = training_boxes(targets, sizes, config, generator)
+        _, rois, labels, ious = self.jittered_boxes(images, targets, generator)
         batch = pad_images(images).to(self.device)
         prediction = self.parallel(batch, rois.to(self.device), labels.to(self.device))
         return nn.functional.smooth_l1_loss(
-            prediction.float(), to_target(ious.to(self.device)), beta=config.optim.smooth_l1_beta
+            prediction.float(),
+            to_target(ious.to(self.device)),
+            beta=self.config.optim.smooth_l1_beta,
         )
+
+    def jittered_boxes(
+        self, images: list[Tensor], targets: list[dict[str, Tensor]], generator: torch.Generator
+    ) -> tuple[list[tuple[int, int]], Tensor, Tensor, Tensor]:
+        """The (height, width) of `images` and their `training_boxes`: jittered rois (M, 5),
+        labels (M,) and IoU targets (M,)."""
+        sizes = [(int(image.shape[1]), int(image.shape[2])) for image in images]
+        return (sizes, *training_boxes(targets, sizes, self.config, generator))
 
     @property
     def last_checkpoint(self) -> Path:
@@ -246,7 +265,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> Checkpoint:
         """Everything a checkpoint holds."""
         return {
             "model": self.model.state_dict(),
