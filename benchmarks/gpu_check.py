@@ -32,14 +32,18 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "build-gpu"
 GPU_TEST_FILES = (
     "tests/test_prroi_pool.py",
+    "tests/test_prroi_backends.py",
     "tests/test_prroi_ops.py",
     "tests/test_nms.py",
     "tests/test_refinement.py",
     "tests/test_torch_cuda.py",
+    "tests/test_detection_parity.py",
 )
 #: Tests that need a package a GPU machine may lack: (package, test id).
 NEEDS = (
     ("onnxruntime_extensions", "tests/test_torch_cuda.py::test_torch_cuda_matches_onnxruntime"),
+    ("onnxruntime_extensions", "tests/test_detection_parity.py"),
+    ("onnxscript", "tests/test_detection_parity.py"),
 )
 
 

@@ -98,3 +98,20 @@ def exported_joint_model(tmp_path_factory):
     checkpoint = write_tiny_joint_checkpoint(root / "last.pt")
     export_model(checkpoint, root / "model", fp16=True)
     return checkpoint, root / "model"
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    """The fake ``tensorrt`` module (tests/fake_tensorrt.py) in place of TensorRT."""
+    from fake_tensorrt import install_fake_tensorrt
+
+    return install_fake_tensorrt(monkeypatch)
+
+
+@pytest.fixture
+def fake_trt_on_cpu(fake_trt, monkeypatch):
+    """The fake TensorRT, with the TensorRT backend on the CPU (the fake reads host memory)."""
+    from iounet.runtime import trt_backend
+
+    monkeypatch.setattr(trt_backend, "_current_device", lambda: torch.device("cpu"))
+    return fake_trt

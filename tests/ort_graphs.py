@@ -56,14 +56,15 @@ def session(op_type: str, pooled: tuple[int, int], spatial_scale: float, domain:
     return onnxruntime_session(one_node_model(op_type, pooled, spatial_scale, domain))
 
 
-def _pair(output_size) -> tuple[int, int]:
+def pooled_pair(output_size: int | tuple[int, int]) -> tuple[int, int]:
+    """(pooled_height, pooled_width) of an `output_size` as iounet.plugins.prroi_pool takes it."""
     return (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
 
 
 def prroi_pool(features, rois, output_size, spatial_scale=1.0) -> torch.Tensor:
     """PrRoIPool through ONNX Runtime, with the signature of iounet.plugins.prroi_pool."""
     feeds = {"features": features.float().numpy(), "rois": rois.float().numpy()}
-    run = session("PrRoIPool", _pair(output_size), float(spatial_scale)).run
+    run = session("PrRoIPool", pooled_pair(output_size), float(spatial_scale)).run
     return torch.from_numpy(run(None, feeds)[0])
 
 
@@ -74,5 +75,5 @@ def prroi_pool_coord_grad(features, rois, grad_output, output_size, spatial_scal
         "rois": rois.float().numpy(),
         "grad_output": np.ascontiguousarray(grad_output.float().numpy()),
     }
-    run = session("PrRoIPoolCoordGrad", _pair(output_size), float(spatial_scale)).run
+    run = session("PrRoIPoolCoordGrad", pooled_pair(output_size), float(spatial_scale)).run
     return torch.from_numpy(run(None, feeds)[0])

@@ -58,7 +58,7 @@ def ort_pipeline(exported_model):
     return Pipeline.from_model(exported_model[1])
 
 
-# --- inputs that would abort the process inside an ONNX Runtime op ----------------------------
+# --- inputs that would abort the process inside an ONNX Runtime op --------------------------------
 
 
 def test_impossible_op_outputs_are_refused_without_allocating_or_aborting():
@@ -132,7 +132,7 @@ def test_too_many_rois_for_one_session_call_fail_cleanly(exported_model):
     assert "pipeline: 30 boxes per call," in result.stdout
 
 
-# --- bounded work per call (item 2) --------------------------------------------------------------
+# --- bounded work per call ------------------------------------------------------------------------
 
 
 class _Recorder:
@@ -192,7 +192,7 @@ def test_memory_budget_sets_boxes_per_call(ort_pipeline):
         boxes_per_call(0, 300)
 
 
-# --- one preprocessing path (item 4) -------------------------------------------------------------
+# --- one preprocessing path -----------------------------------------------------------------------
 
 
 def test_api_resizes_as_the_command_line_and_answers_in_the_given_pixels(
@@ -265,7 +265,7 @@ def test_out_of_range_images_nan_pixels_and_float_labels_are_named(
         ort_pipeline(image, boxes, torch.ones(1), torch.tensor(labels))
 
 
-# --- outputs: one overwrite rule (item 3) --------------------------------------------------------
+# --- outputs: one overwrite rule ------------------------------------------------------------------
 
 
 def _infer_args(folder: Path, tmp_path: Path, out: Path) -> list[str]:
@@ -341,7 +341,7 @@ def test_json_outputs_are_strict_json(tmp_path):
     assert json.loads(text, parse_constant=refuse) == {"pearson": None, "ap": [1.5, None]}
 
 
-# --- checkpoint integrity (item 5) ---------------------------------------------------------------
+# --- checkpoint integrity -------------------------------------------------------------------------
 
 
 def test_corrupted_checkpoint_is_refused_and_old_ones_load_with_a_warning(tmp_path, capsys):
@@ -349,7 +349,7 @@ def test_corrupted_checkpoint_is_refused_and_old_ones_load_with_a_warning(tmp_pa
     state = load_checkpoint(path)
     assert len(state[CHECKSUM_KEY]) == 64
     name = next(k for k, v in state["model"].items() if v.is_floating_point())
-    state["model"][name].view(-1)[0] += 1.0  # a changed tensor under the old checksum
+    state["model"][name].view(-1)[0] += 1.0  # a changed tensor under the stored checksum
     torch.save(state, tmp_path / "corrupt.pt")
     with pytest.raises(ValueError, match="corrupt"):
         load_model(tmp_path / "corrupt.pt")
@@ -375,7 +375,7 @@ def test_the_checksum_covers_the_tensor_bytes_in_the_file(tmp_path):
         load_checkpoint(tmp_path / "flipped.pt")
 
 
-# --- the smaller ones (item 6) -------------------------------------------------------------------
+# --- messages: version, help, missing packages, broken model folders ------------------------------
 
 
 def test_version_and_help_load_no_torch():

@@ -7,7 +7,7 @@ import torch
 
 from iounet.runtime.evaluation import (
     AP_KEYS,
-    METHODS,
+    TABLE_ROWS,
     evaluate_detections_table,
     format_table,
     plot_curves,
@@ -45,7 +45,7 @@ def test_exact_detections_score_perfectly_after_nms(val_set, model, tmp_path):
     report = evaluate_detections_table(
         model, val_set, _exact_and_shifted(val_set), curve_iterations=3
     )
-    assert set(report.ap) == set(METHODS)
+    assert set(report.ap) == set(TABLE_ROWS)
     for key in AP_KEYS:
         assert report.ap["nms"][key] == pytest.approx(1.0)
         assert 0.0 <= report.ap["iou_nms_refine"][key] <= 1.0

@@ -16,10 +16,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("runtime", "export", "training", "plugins")
 SHARED = {
     "iounet",
-    "iounet._version",
+    "iounet.version",
     "iounet.devices",
     "iounet.files",
     "iounet.progress",
+    "iounet.resize",
     "iounet.staging",
 }
 

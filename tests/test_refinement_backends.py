@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tensorrt_missing
-from fake_tensorrt import install_fake_tensorrt
+from runtime_backends import BACKENDS, open_test_backend
 
-from iounet.export.engine import build_engines
 from iounet.export.manifest import Manifest, load_manifest
 from iounet.export.refine_step import RefineParams
-from iounet.plugins import native
 from iounet.runtime import refine_boxes
 from iounet.runtime.backend import Backend
 from iounet.runtime.pipeline import open_backend
@@ -36,32 +33,6 @@ SCENARIOS = {
 MARGIN = 1e-4
 
 
-BACKENDS = [
-    "torch",
-    pytest.param(
-        "torch-native",
-        marks=pytest.mark.skipif(not native.available(), reason="native library not built"),
-    ),
-    "ort",
-    "trt-fake",
-    pytest.param(
-        "torch-cuda",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"),
-        ],
-    ),
-    pytest.param(
-        "trt",
-        marks=[
-            pytest.mark.gpu,
-            pytest.mark.tensorrt,
-            pytest.mark.skipif(tensorrt_missing() is not None, reason=str(tensorrt_missing())),
-        ],
-    ),
-]
-
-
 @pytest.fixture(scope="module")
 def model(exported_model) -> tuple[Path, Manifest, TorchBackend]:
     """The tiny model's checkpoint, its manifest and the PyTorch reference backend on it."""
@@ -70,26 +41,13 @@ def model(exported_model) -> tuple[Path, Manifest, TorchBackend]:
 
 
 @pytest.fixture
-def backend(request, model, tmp_path, monkeypatch) -> Backend:
-    """The backend named by the parameter on the tiny model; "trt-fake" is the TensorRT backend
-    on the CPU with the fake TensorRT, which runs the graphs with ONNX Runtime."""
+def backend(request, model) -> Backend:
+    """The backend named by the parameter on the tiny model (runtime_backends.open_test_backend)."""
     checkpoint, manifest, _ = model
-    name = request.param
-    if name not in ("trt", "trt-fake"):
-        options = {"checkpoint": checkpoint} if name.startswith("torch") else {}
-        return open_backend(manifest, name, **options)
-    if name == "trt-fake":
-        from iounet.runtime import trt_backend
-
-        install_fake_tensorrt(monkeypatch)
-        monkeypatch.setattr(trt_backend, "_current_device", lambda: torch.device("cpu"))
-    folder = tmp_path / "model"
-    folder.mkdir()
-    for path in manifest.folder.iterdir():
-        if path.is_file():
-            (folder / path.name).symlink_to(path)
-    build_engines(folder, "fp32", (1, 16, 64), ((64, 64), SIZE, (160, 192)))
-    return open_backend(load_manifest(folder), "trt")
+    sizes = ((64, 64), SIZE, (160, 192))
+    return open_test_backend(
+        request, request.param, checkpoint, manifest.folder, (1, 16, 64), sizes
+    )
 
 
 def _inputs(seed: int, num_classes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

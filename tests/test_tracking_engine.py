@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tensorrt_missing
-from fake_tensorrt import install_fake_tensorrt
 
 from iounet import cli
 from iounet.export.engine import (
@@ -76,11 +75,6 @@ def fake_tracking_model(folder: Path) -> Path:
         custom_opsets={"iounet": 1},
     ).save(folder)
     return folder
-
-
-@pytest.fixture
-def fake_trt(monkeypatch):
-    return install_fake_tensorrt(monkeypatch)
 
 
 def test_profiles_of_every_tracking_graph(tmp_path):
@@ -181,12 +175,12 @@ def trt_refiner(fake_trt, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     refiner = TrackerRefiner.from_model(model, "trt")
-    assert refiner.name == "trt" and refiner.engine.device == torch.device("cuda", 0)
+    assert refiner.name == "trt" and refiner.backend.device == torch.device("cuda", 0)
     return refiner
 
 
 def test_trt_engine_refuses_shapes_outside_the_profiles(trt_refiner):
-    refiner, engine = trt_refiner, trt_refiner.engine
+    refiner, engine = trt_refiner, trt_refiner.backend
     with pytest.raises(ValueError, match=r"image size 400x288 is outside .* --image-size"):
         refiner.backbone(torch.rand(1, 3, 400, 288))
     big = (torch.zeros(1, 128, 50, 36), torch.zeros(1, 256, 18, 18))

@@ -132,7 +132,7 @@ def test_iou_and_gradient_match_autograd(refiners, frames, backend):
     (expected_grad,) = torch.autograd.grad(expected.sum(), boxes)
     iou = refiner.predict_iou(test, proposals)
     assert (iou - expected[0].detach()).abs().max() <= 1e-5
-    engine_iou, grad = refiner.engine.iou_and_grad(
+    engine_iou, grad = refiner.backend.iou_and_grad(
         refiner._target(), refiner.iou_features(test).value, proposals
     )
     assert (engine_iou - expected[0].detach()).abs().max() <= 1e-5
@@ -142,7 +142,7 @@ def test_iou_and_gradient_match_autograd(refiners, frames, backend):
 
 def _module(refiners):
     """The PyTorch AtomIoUNet the torch refiner loaded from the checkpoint (the oracle's net)."""
-    return refiners["torch"].engine.model.bb_regressor
+    return refiners["torch"].backend.model.bb_regressor
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -216,7 +216,7 @@ def test_box_partly_outside_the_crop_is_used(refiners, frames):
     with torch.no_grad():
         modulation = model_net.get_modulation(reference, box[None])
         expected = model_net.predict_iou(modulation, model_net.get_iou_feat(test), proposals[None])
-    refiner = TrackerRefiner(refiners["ort"].engine, refiners["ort"].manifest)
+    refiner = TrackerRefiner(refiners["ort"].backend, refiners["ort"].manifest)
     refiner.initialize(reference, box)
     assert (refiner.predict_iou(test, proposals) - expected[0]).abs().max() <= 1e-5
 
