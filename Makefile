@@ -82,7 +82,7 @@ $(PY):
 
 # Reinstalled when the package's requirements change.
 $(INSTALLED): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --editable '.[test]'
+	$(PY) -m pip install --quiet --editable '.[test,serve]'
 	touch $@
 
 $(VENV)/bin/cmake: | $(PY)

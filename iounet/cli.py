@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from iounet._version import __version__
+from iounet import version
 
 # Modules that add subcommands: each has `register(subparsers)`, which adds its parsers and sets
 # `run=<function(args) -> int>` on each; heavy imports stay inside the run functions.
@@ -16,6 +16,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "iounet.export.commands",
     "iounet.export.engine_commands",
     "iounet.runtime.commands",
+    "iounet.runtime.serving_commands",
 )
 
 
@@ -25,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iounet",
         description="IoU-Net deployment stack: train, export, build engines, run and benchmark.",
     )
-    parser.add_argument("--version", action="version", version=f"iounet {__version__}")
+    parser.add_argument("--version", action="version", version=f"iounet {version.__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
