@@ -25,9 +25,9 @@ import os
 import signal
 import socket
 import sysconfig
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -101,7 +101,7 @@ class ModelServer:
             raise ValueError(f"the image pixel limit must be positive, got {self.max_pixels}")
         self.category_ids = np.asarray(manifest.category_ids, dtype=np.int32)
 
-    def __call__(self, requests: Iterable[Any]) -> list[dict[str, np.ndarray]]:
+    def __call__(self, requests: Iterable[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """The answers of PyTriton's requests (each a mapping of input name -> batch)."""
         return [self.answer({name: request[name] for name in request}) for request in requests]
 
@@ -148,7 +148,7 @@ class ModelServer:
         """The server's pipeline, or one with the request's settings on the same backend."""
         from iounet.runtime.pipeline import Pipeline
 
-        changes: dict[str, Any] = {}
+        changes: dict[str, float | int] = {}
         if "nms_threshold" in item:
             threshold = _scalar(item["nms_threshold"], "nms_threshold")
             if not 0.0 <= threshold <= 1.0:

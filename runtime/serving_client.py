@@ -7,11 +7,10 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 
-from iounet.runtime.detections import CocoResult
+from iounet.runtime.detections import CocoResult, ImageId
 from iounet.runtime.serving import MODEL_NAME, OUTPUTS
 
 
@@ -140,7 +139,7 @@ class ServingClient:
             yield coco_results(Path(path).name, found)
 
 
-def coco_results(image_id: Any, found: dict[str, np.ndarray]) -> list[CocoResult]:
+def coco_results(image_id: ImageId, found: dict[str, np.ndarray]) -> list[CocoResult]:
     """One image's outputs (``ServingClient.detect``) as COCO results (``[x, y, w, h]``)."""
     count = found["num_detections"]
     results = []

@@ -88,7 +88,7 @@ def bls_call(role: str, feeds: dict[str, np.ndarray], outputs: list[str]) -> lis
 class TritonPythonModel:
     """Triton's Python-backend entry points."""
 
-    def initialize(self, args: dict[str, Any]) -> None:
+    def initialize(self, args: dict[str, str]) -> None:
         """Open the pipeline on the manifest beside this file (version folder)."""
         config = json.loads(args["model_config"])
         folder = Path(args["model_repository"]) / args["model_version"]
