@@ -8,7 +8,8 @@ inputs and outputs through host memory.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +29,12 @@ DEVICES = ("cpu", "cuda")
 NamedArrays = dict[str, np.ndarray]
 
 
+class Session(Protocol):
+    """What the backend runs a graph with: ONNX Runtime's ``InferenceSession.run``."""
+
+    def run(self, output_names: list[str] | None, input_feed: NamedArrays) -> list[np.ndarray]: ...
+
+
 class OnnxRuntimeBackend(Backend[NamedArrays]):
     """The graphs of an exported model folder in ONNX Runtime sessions (the detector's too when
     the folder holds them)."""
@@ -45,9 +52,6 @@ class OnnxRuntimeBackend(Backend[NamedArrays]):
         if device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
         manifest = model_dir if isinstance(model_dir, Manifest) else load_manifest(model_dir)
-        self.manifest = manifest
-        self.refinement = manifest.refinement
-        self.name = "ort" if device == "cpu" else "ort-cuda"
         providers = ["CPUExecutionProvider"]
         if device == "cuda":
             if "CUDAExecutionProvider" not in ort.get_available_providers():
@@ -56,10 +60,7 @@ class OnnxRuntimeBackend(Backend[NamedArrays]):
                     "onnxruntime-gpu (`pip install -e .[gpu]`)"
                 )
             providers.insert(0, "CUDAExecutionProvider")
-        self.device = torch.device(
-            "cuda" if device == "cuda" and torch.cuda.is_available() else "cpu"
-        )
-        self.sessions = {
+        sessions = {
             role: onnxruntime_session(
                 manifest.graph_path(role),
                 sess_options=session_options(threads),
@@ -67,8 +68,7 @@ class OnnxRuntimeBackend(Backend[NamedArrays]):
             )
             for role in manifest.roles()
         }
-        self.has_detector = manifest.has_detector
-        for role, session in self.sessions.items():
+        for role, session in sessions.items():
             names = [output.name for output in session.get_outputs()]
             expected = [spec.name for spec in manifest.graph(role).outputs] or list(
                 ROLE_OUTPUTS.get(role, manifest.map_names)
@@ -78,6 +78,21 @@ class OnnxRuntimeBackend(Backend[NamedArrays]):
                     f"{manifest.graph_path(role)} has outputs {names}, but the manifest's "
                     f"{role} graph has {expected} (graphs swapped?)"
                 )
+        name = "ort" if device == "cpu" else "ort-cuda"
+        on_gpu = device == "cuda" and torch.cuda.is_available()
+        self.use_sessions(manifest, sessions, name, torch.device("cuda" if on_gpu else "cpu"))
+
+    def use_sessions(
+        self, manifest: Manifest, sessions: Mapping[str, Session], name: str, device: torch.device
+    ) -> None:
+        """Run the graphs of `manifest` by `sessions` (one per role, each with ONNX Runtime's
+        ``run(output_names, feeds)``), as the backend `name` on `device`."""
+        self.manifest = manifest
+        self.refinement = manifest.refinement
+        self.name = name
+        self.device = device
+        self.sessions = dict(sessions)
+        self.has_detector = manifest.has_detector
 
     def features(self, image: Tensor) -> NamedArrays:
         _check_image(image)

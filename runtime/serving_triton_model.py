@@ -47,15 +47,11 @@ class GraphCallBackend(OnnxRuntimeBackend):
     Runtime sessions in the CPU test) instead of its own sessions."""
 
     def __init__(self, manifest: Manifest, call: GraphCall) -> None:
-        self.manifest = manifest
-        self.refinement = manifest.refinement
-        self.name = "triton"
-        self.device = torch.device("cpu")
-        self.has_detector = manifest.has_detector
-        self.sessions = {
+        sessions = {
             role: _GraphSession(role, [spec.name for spec in manifest.graph(role).outputs], call)
             for role in manifest.roles()
         }
+        self.use_sessions(manifest, sessions, "triton", torch.device("cpu"))
 
 
 def model_server(folder: Path, call: GraphCall, max_detections: int) -> ModelServer:
