@@ -78,6 +78,13 @@ def _compute_dtype(input: Tensor, rois: Tensor) -> torch.dtype:
     return torch.promote_types(torch.promote_types(input.dtype, rois.dtype), torch.float32)
 
 
+def _split(args: tuple) -> tuple[tuple[Tensor, ...], int, int, float]:
+    *tensors, pooled_height, pooled_width, spatial_scale = args
+    input, rois, *grad = tensors
+    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, *grad)
+    return tuple(tensors), pooled_height, pooled_width, spatial_scale
+
+
 # --- the ops: schema and default (reference) kernel ----------------------------------------------
 
 
@@ -90,24 +97,26 @@ def prroi_pool_op(
     return reference.pool(input, rois, (pooled_height, pooled_width), spatial_scale)
 
 
-def _gradient_op(name: str, kernel: Callable[..., Tensor], doc: str) -> torch.library.CustomOpDef:
-    """The gradient op ``iounet::<name>``: (input, rois, grad_output, pooled_height,
-    pooled_width, spatial_scale), whose default kernel is `kernel` of ``reference``."""
+#: The gradient ops' arguments: the forward's, with the gradient of its output after `rois`.
+_GRADIENT_SCHEMA = (
+    "(Tensor input, Tensor rois, Tensor grad_output, SymInt pooled_height, SymInt pooled_width, "
+    "float spatial_scale) -> Tensor"
+)
 
-    def gradient(
-        input: Tensor,
-        rois: Tensor,
-        grad_output: Tensor,
-        pooled_height: int,
-        pooled_width: int,
-        spatial_scale: float,
-    ) -> Tensor:
-        check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, grad_output)
-        return kernel(input, rois, grad_output, (pooled_height, pooled_width), spatial_scale)
+
+def _gradient_op(name: str, kernel: Callable[..., Tensor], doc: str) -> torch.library.CustomOpDef:
+    """The gradient op ``iounet::<name>`` of `_GRADIENT_SCHEMA`, whose default kernel is `kernel`
+    of ``reference``."""
+
+    def gradient(*args: Tensor | int | float) -> Tensor:
+        tensors, height, width, scale = _split(args)
+        return kernel(*tensors, (height, width), scale)
 
     gradient.__name__ = gradient.__qualname__ = f"{name}_op"
     gradient.__doc__ = doc
-    return torch.library.custom_op(f"iounet::{name}", gradient, mutates_args=())
+    return torch.library.custom_op(
+        f"iounet::{name}", gradient, mutates_args=(), schema=_GRADIENT_SCHEMA
+    )
 
 
 prroi_pool_coord_grad_op = _gradient_op(
@@ -149,13 +158,6 @@ _IMPLEMENTATIONS = {
         reference.feature_grad, native.prroi_pool_feature_grad, "prroi_pool_feature_grad", 0
     ),
 }
-
-
-def _split(args: tuple) -> tuple[tuple[Tensor, ...], int, int, float]:
-    *tensors, pooled_height, pooled_width, spatial_scale = args
-    input, rois, *grad = tensors
-    check_arguments(input, rois, pooled_height, pooled_width, spatial_scale, *grad)
-    return tuple(tensors), pooled_height, pooled_width, spatial_scale
 
 
 def _cpu_kernel(implementation: _Implementation) -> _Kernel:
