@@ -79,10 +79,11 @@ def measure(pipeline: Pipeline, inputs: BenchInputs, warmup: int, runs: int) -> 
     def record(stage: str, seconds: float) -> None:
         samples[stage].append(seconds * 1e3)
 
+    raw = (inputs.boxes, inputs.scores, inputs.labels)
     for _ in range(warmup):
-        pipeline.run_resized(inputs.image, inputs.boxes, inputs.scores, inputs.labels)
+        pipeline.run_scaled(inputs.image, 1.0, None, *raw)
     for _ in range(runs):
-        pipeline.run_resized(inputs.image, inputs.boxes, inputs.scores, inputs.labels, timer=record)
+        pipeline.run_scaled(inputs.image, 1.0, None, *raw, timer=record)
     result = {stage: _percentiles(values) for stage, values in samples.items()}
     result["total"][THROUGHPUT] = 1e3 / float(np.mean(samples["total"]))
     return result

@@ -164,37 +164,30 @@ class Pipeline:
             resized, scale = resize_pixels(image, *self.input_size)
         else:
             resized, scale = resize_image(image, *self.input_size)
-        return self._run_scaled(resized, scale, size, boxes, scores, labels, timer)
+        return self.run_scaled(resized, scale, size, boxes, scores, labels, timer)
 
     def run_scaled(
         self,
         resized: Tensor,
-        scale: float,
-        size: tuple[int, int],
+        scale: float = 1.0,
+        size: tuple[int, int] | None = None,
         boxes: Tensor | None = None,
         scores: Tensor | None = None,
         labels: Tensor | None = None,
         timer: StageTimer | None = None,
     ) -> Detections:
-        """The final detections of an image of `size` (height, width) given at the model's
-        input size (`resized`, by the rule of ``iounet.resize.resized_shape`` with
-        `scale`, as ``load_resized`` gives it; float in [0, 1], or uint8), raw boxes and
-        results in the pixels of `size`, within the image."""
+        """The final detections of an image given at the model's input size (`resized`, float in
+        [0, 1], or uint8). With `size`, `resized` is an image of `size` (height, width) resized
+        by the rule of ``iounet.resize.resized_shape`` with `scale` (as ``load_resized`` gives
+        it), and raw boxes and results are in the pixels of `size`, within the image; without,
+        they are in the pixels of `resized` (scale 1: ``iounet bench`` times this)."""
         _check_inputs(resized, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
-        return self._run_scaled(resized, scale, size, boxes, scores, labels, timer)
-
-    def _run_scaled(
-        self,
-        resized: Tensor,
-        scale: float,
-        size: tuple[int, int],
-        boxes: Tensor | None,
-        scores: Tensor | None,
-        labels: Tensor | None,
-        timer: StageTimer | None,
-    ) -> Detections:
         resized = _float_image(resized)
+        if size is None:
+            if scale != 1.0:
+                raise ValueError(f"scale {scale} needs the size of the original image (size=)")
+            return self._run(resized, boxes, scores, labels, timer)
         resized_size = (int(resized.shape[1]), int(resized.shape[2]))
         factors = _axis_scales(size, resized_size, scale)
         if boxes is not None:
@@ -202,21 +195,6 @@ class Pipeline:
         found = self._run(resized, boxes, scores, labels, timer)
         found.boxes = _unscale(found.boxes, factors, size)
         return found
-
-    def run_resized(
-        self,
-        image: Tensor,
-        boxes: Tensor | None = None,
-        scores: Tensor | None = None,
-        labels: Tensor | None = None,
-        timer: StageTimer | None = None,
-    ) -> Detections:
-        """The pipeline on an image already at the model's input size (float in [0, 1], or
-        uint8), boxes in its pixels (what ``__call__`` does after resizing; ``iounet bench``
-        calls it with its images at the size it times)."""
-        _check_inputs(image, boxes, scores, labels, self.num_classes)
-        self._check_detector(boxes)
-        return self._run(_float_image(image), boxes, scores, labels, timer)
 
     def detect_resized(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The model's detector alone on an image at the model's input size: its raw

@@ -206,7 +206,8 @@ def test_api_resizes_as_the_command_line_and_answers_in_the_given_pixels(
     assert recorder.calls[0] == ("features", (1, 3, 160, 192))  # 144x192, padded to 32
     resized, scale = resize_image(inputs.image, manifest.input.min_size, manifest.input.max_size)
     assert tuple(resized.shape) == (3, 144, 192) and scale == pytest.approx(0.24)
-    same = ort_pipeline.run_resized(resized, inputs.boxes * scale, inputs.scores, inputs.labels)
+    raw = (inputs.boxes * scale, inputs.scores, inputs.labels)
+    same = ort_pipeline.run_scaled(resized, 1.0, None, *raw)
     torch.testing.assert_close(found.boxes, same.boxes / scale)
     assert float(found.boxes[:, 2].max()) <= 800 and float(found.boxes[:, 3].max()) <= 600
 

@@ -285,21 +285,22 @@ def test_checkpoint_with_a_graph_backend_is_refused(exported_model, tmp_path, ca
 # --- uint8 images -------------------------------------------------------------------------------
 
 
-def test_run_resized_and_detect_resized_take_uint8_as_the_message_says(
+def test_run_scaled_and_detect_resized_take_uint8_as_the_message_says(
     exported_model, exported_joint_model
 ):
     pipeline = Pipeline.from_model(exported_model[1])
     inputs = synthetic_inputs(64, 96, 30, 5, seed=2)
     pixels = (inputs.image * 255).round().to(torch.uint8)
-    as_uint8 = pipeline.run_resized(pixels, inputs.boxes, inputs.scores, inputs.labels)
-    as_float = pipeline.run_resized(
-        pixels.float() / 255, inputs.boxes, inputs.scores, inputs.labels
-    )
+    raw = (inputs.boxes, inputs.scores, inputs.labels)
+    as_uint8 = pipeline.run_scaled(pixels, 1.0, None, *raw)
+    as_float = pipeline.run_scaled(pixels.float() / 255, 1.0, None, *raw)
     assert torch.equal(as_uint8.boxes, as_float.boxes) and torch.equal(as_uint8.ious, as_float.ious)
     with pytest.raises(
         TypeError, match=r"float \(RGB in \[0, 1\]\) or uint8 tensor, got torch.int32"
     ):
-        pipeline.run_resized(pixels.int(), inputs.boxes, inputs.scores, inputs.labels)
+        pipeline.run_scaled(pixels.int(), 1.0, None, *raw)
+    with pytest.raises(ValueError, match=r"scale 0.5 needs the size of the original image"):
+        pipeline.run_scaled(pixels, 0.5, None, *raw)
     joint = Pipeline.from_model(exported_joint_model[1])
     for uint8, float32 in zip(
         joint.detect_resized(pixels), joint.detect_resized(pixels / 255), strict=True
