@@ -164,7 +164,7 @@ class Pipeline:
             resized, scale = resize_pixels(image, *self.input_size)
         else:
             resized, scale = resize_image(image, *self.input_size)
-        return self.run_scaled(resized, scale, size, boxes, scores, labels, timer)
+        return self._run_mapped(_float_image(resized), scale, size, (boxes, scores, labels), timer)
 
     def run_scaled(
         self,
@@ -183,10 +183,22 @@ class Pipeline:
         they are in the pixels of `resized` (scale 1: ``iounet bench`` times this)."""
         _check_inputs(resized, boxes, scores, labels, self.num_classes)
         self._check_detector(boxes)
-        resized = _float_image(resized)
+        if size is None and scale != 1.0:
+            raise ValueError(f"scale {scale} needs the size of the original image (size=)")
+        return self._run_mapped(_float_image(resized), scale, size, (boxes, scores, labels), timer)
+
+    def _run_mapped(
+        self,
+        resized: Tensor,
+        scale: float,
+        size: tuple[int, int] | None,
+        raw: tuple[Tensor | None, Tensor | None, Tensor | None],
+        timer: StageTimer | None,
+    ) -> Detections:
+        """``_run`` on checked inputs, raw boxes and results in the pixels of `size` (see
+        ``run_scaled``)."""
+        boxes, scores, labels = raw
         if size is None:
-            if scale != 1.0:
-                raise ValueError(f"scale {scale} needs the size of the original image (size=)")
             return self._run(resized, boxes, scores, labels, timer)
         resized_size = (int(resized.shape[1]), int(resized.shape[2]))
         factors = _axis_scales(size, resized_size, scale)
